@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/cvat-sync/cvat-sync/internal/cloud"
+	"github.com/cvat-sync/cvat-sync/internal/config"
+	"github.com/cvat-sync/cvat-sync/internal/inbox"
+	"github.com/cvat-sync/cvat-sync/internal/signature"
+	"github.com/cvat-sync/cvat-sync/internal/webhook"
+)
+
+// loadConfig parses a command's flags and environment; -h prints the
+// settings.
+func loadConfig(name string, args []string, getenv func(string) string, stdout io.Writer, needs config.Needs, extra func(*flag.FlagSet)) (config.Config, []string, error) {
+	fs := flagSet(name, stdout)
+	if extra != nil {
+		extra(fs)
+	}
+	cfg, rest, err := config.Parse(fs, args, getenv, needs)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.Usage()
+		return cfg, nil, err
+	}
+	if err != nil {
+		return cfg, nil, &exitError{code: 2, err: fmt.Errorf("%s: invalid configuration:\n%w", name, err)}
+	}
+	return cfg, rest, nil
+}
+
+// openCloud connects to Pub/Sub and GCS and makes sure the topics, the inbox
+// subscription and the bucket exist.
+func openCloud(ctx context.Context, cfg config.Config, getenv func(string) string, log *slog.Logger, attach bool) (*cloud.Env, error) {
+	env, err := cloud.Open(ctx, cloud.Settings{Project: cfg.GCPProject, DataDir: cfg.DataDir, Getenv: getenv, Attach: attach}, log)
+	if err != nil {
+		return nil, err
+	}
+	steps := []func() error{
+		func() error { return env.EnsureTopic(ctx, cfg.InboxTopic) },
+		func() error { return env.EnsureTopic(ctx, cfg.DeadLetterTopic) },
+		func() error { return env.EnsureTopic(ctx, cfg.OutboxTopic) },
+		func() error {
+			return env.EnsureSubscription(ctx, cfg.InboxSubscription, cfg.InboxTopic, cloud.SubscriptionOptions{
+				AckDeadline: time.Minute, Ordering: true, DeadLetterTopic: cfg.DeadLetterTopic,
+				MaxAttempts: cfg.MaxAttempts, MinBackoff: 10 * time.Second, MaxBackoff: 10 * time.Minute,
+			})
+		},
+		func() error { return env.EnsureBucket(ctx, cfg.GCSBucket) },
+	}
+	var errs []error
+	for _, step := range steps {
+		errs = append(errs, step())
+	}
+	if err := errors.Join(errs...); err != nil {
+		env.Close()
+		return nil, fmt.Errorf("%s mode: %w", env.Mode, err)
+	}
+	return env, nil
+}
+
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// serve runs the service until ctx is cancelled (SIGTERM, SIGINT).
+func serve(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	cfg, _, err := loadConfig("serve", args, getenv, stdout, config.NeedsSecret, nil)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	log := newLogger(stdout, cfg.LogLevel)
+	reg := newRegistry()
+	verifier, err := signature.NewVerifier(cfg.WebhookSecrets, signature.WithLegacyNewline(cfg.LegacySignature))
+	if err != nil {
+		return err
+	}
+
+	env, err := openCloud(ctx, cfg, getenv, log, false)
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+
+	queue := inbox.NewQueue(env.PubSub.Publisher(cfg.InboxTopic))
+	srv, err := webhook.New(webhook.Config{
+		Verifier:     verifier,
+		MaxBodyBytes: cfg.MaxBodyBytes,
+		Queue:        queue,
+		Logger:       log,
+		Registerer:   reg,
+		Gatherer:     reg,
+		Checks: []webhook.Check{
+			{Name: "pubsub", Required: true, Run: func(ctx context.Context) error {
+				return env.Check(ctx, cfg.InboxTopic, cfg.GCSBucket)["pubsub"]
+			}},
+			{Name: "gcs", Required: true, Run: func(ctx context.Context) error {
+				return env.Check(ctx, cfg.InboxTopic, cfg.GCSBucket)["gcs"]
+			}},
+		},
+	})
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("CVAT_SYNC_LISTEN %s: %w", cfg.Listen, err)
+	}
+	hs := srv.HTTPServer()
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- hs.Serve(ln) }()
+	log.Info("listening", "addr", ln.Addr().String(), "mode", string(env.Mode), "version", version,
+		"webhook_path", webhook.Path, "secrets", len(cfg.WebhookSecrets))
+
+	select {
+	case err := <-serveErr:
+		queue.Stop()
+		return fmt.Errorf("http server: %w", err)
+	case <-ctx.Done():
+	}
+
+	log.Info("shutting down", "grace", cfg.ShutdownGrace.String())
+	graceCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownGrace)
+	defer cancel()
+	srv.Drain()
+	shutdownErr := hs.Shutdown(graceCtx)
+	if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		shutdownErr = errors.Join(shutdownErr, err)
+	}
+	queue.Stop()
+	if shutdownErr != nil {
+		log.Error("shutdown incomplete", "error", shutdownErr.Error())
+		return shutdownErr
+	}
+	log.Info("stopped")
+	return nil
+}

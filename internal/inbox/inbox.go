@@ -1,0 +1,160 @@
+// Package inbox is cvat-sync's work queue on Pub/Sub. The ingress enqueues a
+// small work item per task-relevant webhook delivery (never the whole body);
+// the worker receives them. Items of one task share the ordering key
+// "task-<id>", so one task's events go to one subscriber in order.
+package inbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"cloud.google.com/go/pubsub/v2"
+
+	"github.com/cvat-sync/cvat-sync/internal/event"
+)
+
+// Version is the wire version of Item, carried in the "v" attribute.
+const Version = "1"
+
+// Item is one unit of work: "something happened to this task (or project)".
+type Item struct {
+	Event          string    `json:"event"`
+	Resource       string    `json:"resource"`
+	Action         string    `json:"action"`
+	TaskID         int64     `json:"task_id,omitempty"`
+	JobID          int64     `json:"job_id,omitempty"`
+	ProjectID      int64     `json:"project_id,omitempty"`
+	OrganizationID int64     `json:"organization_id,omitempty"`
+	WebhookID      int64     `json:"webhook_id,omitempty"`
+	Sender         string    `json:"sender,omitempty"`
+	Status         string    `json:"status,omitempty"`
+	PreviousStatus string    `json:"previous_status,omitempty"`
+	UpdatedDate    time.Time `json:"updated_date,omitzero"`
+	// TaskName is set for deletions, whose task can no longer be read from CVAT.
+	TaskName   string    `json:"task_name,omitempty"`
+	ReceivedAt time.Time `json:"received_at"`
+	// Source is "webhook", "reconcile" or "backfill".
+	Source    string `json:"source"`
+	RequestID string `json:"request_id,omitempty"`
+}
+
+// FromEnvelope builds the work item of a parsed delivery.
+func FromEnvelope(e event.Envelope, receivedAt time.Time, requestID string) Item {
+	it := Item{
+		Event: e.Event, Resource: e.Resource, Action: e.Action,
+		TaskID: e.TaskID, JobID: e.JobID, ProjectID: e.ProjectID, OrganizationID: e.OrganizationID,
+		WebhookID: e.WebhookID, Sender: e.Sender, Status: e.Status, PreviousStatus: e.PreviousStatus,
+		UpdatedDate: e.UpdatedDate, ReceivedAt: receivedAt.UTC(), Source: "webhook", RequestID: requestID,
+	}
+	if e.Resource == event.ResourceTask && e.Action == "delete" {
+		it.TaskName = taskName(e.Raw)
+	}
+	return it
+}
+
+func taskName(raw []byte) string {
+	var b struct {
+		Task struct {
+			Name string `json:"name"`
+		} `json:"task"`
+	}
+	_ = json.Unmarshal(raw, &b)
+	return b.Task.Name
+}
+
+// OrderingKey is "task-<id>" for items about a task, "project-<id>" for
+// project-level items, and empty otherwise.
+func (it Item) OrderingKey() string {
+	switch {
+	case it.TaskID != 0:
+		return "task-" + strconv.FormatInt(it.TaskID, 10)
+	case it.ProjectID != 0:
+		return "project-" + strconv.FormatInt(it.ProjectID, 10)
+	}
+	return ""
+}
+
+// Message encodes it as a Pub/Sub message.
+func (it Item) Message() (*pubsub.Message, error) {
+	data, err := json.Marshal(it)
+	if err != nil {
+		return nil, fmt.Errorf("encode inbox item: %w", err)
+	}
+	return &pubsub.Message{
+		Data:        data,
+		OrderingKey: it.OrderingKey(),
+		Attributes: map[string]string{
+			"v":          Version,
+			"event":      it.Event,
+			"task_id":    id(it.TaskID),
+			"project_id": id(it.ProjectID),
+		},
+	}, nil
+}
+
+func id(n int64) string {
+	if n == 0 {
+		return ""
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+// ErrUnsupported means a message is not an inbox item this version can read.
+var ErrUnsupported = errors.New("inbox: unsupported message")
+
+// Decode reads an inbox message.
+func Decode(m *pubsub.Message) (Item, error) {
+	if v := m.Attributes["v"]; v != Version {
+		return Item{}, fmt.Errorf("%w: version %q", ErrUnsupported, v)
+	}
+	var it Item
+	if err := json.Unmarshal(m.Data, &it); err != nil {
+		return Item{}, fmt.Errorf("%w: %v", ErrUnsupported, err)
+	}
+	return it, nil
+}
+
+// Queue enqueues items on the inbox topic.
+type Queue struct {
+	pub *pubsub.Publisher
+}
+
+// NewQueue returns a Queue publishing with p. It turns on message ordering
+// and a short batching delay, since every enqueue is waited for by a webhook
+// request.
+func NewQueue(p *pubsub.Publisher) *Queue {
+	p.EnableMessageOrdering = true
+	p.PublishSettings.DelayThreshold = time.Millisecond
+	return &Queue{pub: p}
+}
+
+// Enqueue publishes it and waits until Pub/Sub has stored it.
+func (q *Queue) Enqueue(ctx context.Context, it Item) error {
+	m, err := it.Message()
+	if err != nil {
+		return err
+	}
+	if _, err := q.pub.Publish(ctx, m).Get(ctx); err != nil {
+		// A failed publish pauses its ordering key; resume it so the next
+		// delivery (or CVAT's retry) can be stored.
+		if m.OrderingKey != "" {
+			q.pub.ResumePublish(m.OrderingKey)
+		}
+		return fmt.Errorf("enqueue %s for %s: %w", it.Event, orDefault(m.OrderingKey, "no key"), err)
+	}
+	return nil
+}
+
+// Stop flushes pending publishes and stops the publisher.
+func (q *Queue) Stop() { q.pub.Stop() }
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
