@@ -97,7 +97,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	defer env.Close()
 
-	queue := inbox.NewQueue(env.PubSub.Publisher(cfg.InboxTopic))
+	queue := inbox.NewQueue(env.PubSub.Publisher(cfg.InboxTopic), 9*time.Second)
 	srv, err := webhook.New(webhook.Config{
 		Verifier:     verifier,
 		MaxBodyBytes: cfg.MaxBodyBytes,

@@ -125,10 +125,12 @@ type Queue struct {
 
 // NewQueue returns a Queue publishing with p. It turns on message ordering
 // and a short batching delay, since every enqueue is waited for by a webhook
-// request.
-func NewQueue(p *pubsub.Publisher) *Queue {
+// request, and gives up on a publish after timeout (CVAT waits 10 s for an
+// answer, so longer is pointless; it also bounds how long Stop can take).
+func NewQueue(p *pubsub.Publisher, timeout time.Duration) *Queue {
 	p.EnableMessageOrdering = true
 	p.PublishSettings.DelayThreshold = time.Millisecond
+	p.PublishSettings.Timeout = timeout
 	return &Queue{pub: p}
 }
 
