@@ -178,6 +178,8 @@ func (s *Server) routes() {
 		m.HandleFunc("GET /api/tasks/{id}/dataset/download", s.exportDownload)
 	}
 	m.HandleFunc("GET /api/tasks/{id}/annotations", s.legacyExport)
+	m.HandleFunc("GET /api/tasks/{id}/annotations/", s.legacyExport) // CVAT: r'annotations/?$'
+
 	m.HandleFunc("GET /api/tasks/{id}/dataset", s.legacyExport)
 	m.HandleFunc("GET /api/webhooks", s.listWebhooks)
 	m.HandleFunc("POST /api/webhooks", s.createWebhook)
