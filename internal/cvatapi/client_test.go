@@ -409,7 +409,7 @@ func TestExportFailed(t *testing.T) {
 			c := newClient(t, f)
 			_, err := c.ExportTask(context.Background(), task.ID, coco, cvatapi.ExportOptions{})
 			var fe *cvatapi.ExportFailedError
-			if !errors.Is(err, cvatapi.ErrExportFailed) || !errors.As(err, &fe) || !strings.Contains(fe.Message, "FileNotFoundError") {
+			if !errors.Is(err, cvatapi.ErrExportFailed) || !errors.As(err, &fe) || !strings.HasPrefix(fe.Message, "FileNotFoundError") {
 				t.Fatalf("err = %v; want ExportFailedError with CVAT's message", err)
 			}
 			if !strings.HasPrefix(err.Error(), "export task "+itoa(task.ID)+` as "COCO 1.0": `) {

@@ -1,6 +1,7 @@
 package cvatapi
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -98,10 +99,26 @@ func statusError(k call, resp *http.Response) error {
 	var detail string
 	ct := strings.ToLower(resp.Header.Get("Content-Type"))
 	if strings.Contains(ct, "json") || strings.HasPrefix(ct, "text/plain") {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, maxDetail+1))
-		detail = tidy(string(b))
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		detail = tidy(cvatMessage(b))
 	}
 	return &StatusError{Call: k.String(), Code: resp.StatusCode, Status: status, Detail: detail}
+}
+
+// cvatMessage extracts the text of CVAT's usual error bodies: a JSON string
+// (legacy export failures) or {"detail": "..."}; anything else stays as is.
+func cvatMessage(b []byte) string {
+	var s string
+	if json.Unmarshal(b, &s) == nil {
+		return s
+	}
+	var d struct {
+		Detail *string `json:"detail"`
+	}
+	if json.Unmarshal(b, &d) == nil && d.Detail != nil {
+		return *d.Detail
+	}
+	return string(b)
 }
 
 // tidy makes an answer's start fit on one log line.

@@ -44,7 +44,9 @@ func TestEnsureWebhook(t *testing.T) {
 	}{
 		{name: "create", wantChanged: true, wantWrites: []string{"POST /api/webhooks"}, wantSecret: "first-secret"},
 		{name: "again: nothing changes", wantChanged: false, wantSecret: "first-secret"},
-		{name: "events in another order: nothing changes", mod: func(s *cvatapi.WebhookSpec) { s.Events = []string{"delete:task", "update:job", "update:task", "update:job"} }, wantSecret: "first-secret"},
+		{name: "events in another order: nothing changes", mod: func(s *cvatapi.WebhookSpec) {
+			s.Events = []string{"delete:task", "update:job", "update:task", "update:job"}
+		}, wantSecret: "first-secret"},
 		{name: "more events", mod: func(s *cvatapi.WebhookSpec) { s.Events = append(s.Events, "update:project") }, wantChanged: true, wantWrites: []string{"PATCH /api/webhooks/{id}"}, wantSecret: "first-secret"},
 		{name: "back to the first events", wantChanged: true, wantWrites: []string{"PATCH /api/webhooks/{id}"}, wantSecret: "first-secret"},
 		{name: "rotated secret", mod: func(s *cvatapi.WebhookSpec) { s.Secret = "second-secret" }, wantChanged: true, wantWrites: []string{"PATCH /api/webhooks/{id}"}, wantSecret: "second-secret"},

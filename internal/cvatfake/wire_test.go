@@ -109,8 +109,8 @@ func TestPyJSONEscapes(t *testing.T) {
 func TestCVATTime(t *testing.T) {
 	for in, want := range map[time.Time]string{
 		time.Date(2026, 5, 4, 9, 41, 27, 118604000, time.UTC): "2026-05-04T09:41:27.118604Z",
-		time.Date(2022, 3, 5, 9, 33, 10, 420000000, time.UTC):  "2022-03-05T09:33:10.420000Z",
-		time.Date(2022, 3, 5, 9, 33, 10, 0, time.UTC):          "2022-03-05T09:33:10Z",
+		time.Date(2022, 3, 5, 9, 33, 10, 420000000, time.UTC): "2022-03-05T09:33:10.420000Z",
+		time.Date(2022, 3, 5, 9, 33, 10, 0, time.UTC):         "2022-03-05T09:33:10Z",
 	} {
 		if got := cvatTime(in); got != want {
 			t.Errorf("cvatTime(%v) = %s, want %s", in, got, want)
