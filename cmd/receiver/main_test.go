@@ -1,0 +1,221 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cvat-sync/cvat-sync/internal/signature"
+)
+
+// syncBuffer is an io.Writer safe for the service's goroutines that a test
+// can read while the service runs.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// service is a running `receiver serve`.
+type service struct {
+	addr   string
+	logs   *syncBuffer
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// envMap turns a map into a getenv function.
+func envMap(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+// startService runs `receiver serve` on 127.0.0.1:0 and waits until it logs
+// the address it listens on.
+func startService(t *testing.T, env map[string]string, args ...string) *service {
+	t.Helper()
+	if env["CVAT_SYNC_DATA_DIR"] == "" {
+		env["CVAT_SYNC_DATA_DIR"] = t.TempDir()
+	}
+	if env["CVAT_SYNC_LISTEN"] == "" {
+		env["CVAT_SYNC_LISTEN"] = "127.0.0.1:0"
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &service{logs: &syncBuffer{}, cancel: cancel, done: make(chan error, 1)}
+	go func() { s.done <- run(ctx, append([]string{"receiver", "serve"}, args...), envMap(env), s.logs) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for s.addr == "" {
+		select {
+		case err := <-s.done:
+			t.Fatalf("serve exited early: %v\n%s", err, s.logs)
+		default:
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("serve did not start listening:\n%s", s.logs)
+		}
+		sc := bufio.NewScanner(strings.NewReader(s.logs.String()))
+		for sc.Scan() {
+			var line struct {
+				Message string `json:"message"`
+				Addr    string `json:"addr"`
+			}
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Message == "listening" {
+				s.addr = line.Addr
+			}
+		}
+		time.Sleep(10 * time.Millisecond) // polling the log with a deadline
+	}
+	t.Cleanup(func() { s.stop(t) })
+	return s
+}
+
+func (s *service) stop(t *testing.T) {
+	t.Helper()
+	if s.cancel == nil {
+		return
+	}
+	s.cancel()
+	s.cancel = nil
+	select {
+	case err := <-s.done:
+		if err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Error("serve did not stop within 30s of SIGTERM")
+	}
+}
+
+func (s *service) post(t *testing.T, body []byte, sig string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+s.addr+"/webhooks/cvat", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	if sig != "" {
+		req.Header.Set(signature.Header, sig)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var m map[string]any
+	_ = json.NewDecoder(res.Body).Decode(&m)
+	return res.StatusCode, m
+}
+
+func get(t *testing.T, url string) int {
+	t.Helper()
+	res, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	return res.StatusCode
+}
+
+func readPayload(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "testdata", "payloads", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestServeEmbedded runs the real program on its embedded default: probes
+// answer, a signed event is stored, an unsigned one refused, and SIGTERM
+// (context cancellation) stops it cleanly.
+func TestServeEmbedded(t *testing.T) {
+	const secret = "embedded-test-secret"
+	s := startService(t, map[string]string{"CVAT_SYNC_WEBHOOK_SECRET": secret})
+	for _, p := range []string{"/healthz", "/readyz", "/metrics"} {
+		if code := get(t, "http://"+s.addr+p); code != http.StatusOK {
+			t.Errorf("GET %s: %d", p, code)
+		}
+	}
+	body := readPayload(t, "update_job.json")
+	if code, m := s.post(t, body, signature.Sign(secret, body)); code != http.StatusAccepted || m["status"] != "stored" {
+		t.Errorf("signed update:job: %d %v", code, m)
+	}
+	if code, _ := s.post(t, body, ""); code != http.StatusUnauthorized {
+		t.Errorf("unsigned: %d, want 401", code)
+	}
+	s.stop(t)
+	logs := s.logs.String()
+	for _, want := range []string{`"severity":"INFO"`, `"message":"stopped"`, `"mode":"embedded"`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("logs lack %s", want)
+		}
+	}
+	if strings.Contains(logs, secret) {
+		t.Error("the webhook secret appears in the logs")
+	}
+}
+
+func TestServeRefusesBadConfig(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"no secret", map[string]string{}, "CVAT_SYNC_WEBHOOK_SECRET"},
+		{"bad duration", map[string]string{"CVAT_SYNC_WEBHOOK_SECRET": "abcdefgh", "CVAT_SYNC_DEBOUNCE": "later"}, "CVAT_SYNC_DEBOUNCE"},
+		{"port taken", map[string]string{"CVAT_SYNC_WEBHOOK_SECRET": "abcdefgh", "CVAT_SYNC_LISTEN": "256.0.0.1:1"}, "CVAT_SYNC_LISTEN"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.env["CVAT_SYNC_DATA_DIR"] = t.TempDir()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			err := run(ctx, []string{"receiver"}, envMap(tt.env), io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("run = %v, want an error naming %s", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestSignAndVersion(t *testing.T) {
+	file := filepath.Join("..", "..", "testdata", "payloads", "ping.json")
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"receiver", "sign", "--secret", "cvat-sync-test-secret", file}, envMap(nil), &out); err != nil {
+		t.Fatal(err)
+	}
+	// The reference vector for ping.json under this secret.
+	const want = "sha256=6eb21d23f5283"
+	if !strings.HasPrefix(out.String(), want) || len(strings.TrimSpace(out.String())) != 71 {
+		t.Errorf("sign printed %q, want %s...", out.String(), want)
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"receiver", "version"}, envMap(nil), &out); err != nil || !strings.Contains(out.String(), version) {
+		t.Errorf("version: %v %q", err, out.String())
+	}
+	err := run(context.Background(), []string{"receiver", "sign", file}, envMap(nil), io.Discard)
+	if exitCode(err) != 2 {
+		t.Errorf("sign without a secret: %v (exit %d), want a usage error", err, exitCode(err))
+	}
+	err = run(context.Background(), []string{"receiver", "frobnicate"}, envMap(nil), io.Discard)
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 2 {
+		t.Errorf("unknown command: %v", err)
+	}
+}
