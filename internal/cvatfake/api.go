@@ -29,9 +29,11 @@ type formatJSON struct {
 	Dimension string `json:"dimension"`
 }
 
-// Exporters are the export formats the fake offers (a subset of CVAT
-// 2.64.0's, plus one disabled format for tests).
-var Exporters = []string{
+// ExportFormats returns the enabled export formats the fake offers (a
+// subset of CVAT 2.64.0's); DisabledFormat is offered too, disabled.
+func ExportFormats() []string { return slices.Clone(exporters) }
+
+var exporters = []string{
 	"CVAT for images 1.1", "CVAT for video 1.1", "COCO 1.0", "COCO Keypoints 1.0",
 	"Datumaro 1.0", "PASCAL VOC 1.1", "Segmentation mask 1.1", "YOLO 1.1",
 	"Ultralytics YOLO Detection 1.0", "ImageNet 1.0", "LabelMe 3.0", "MOT 1.1",
@@ -53,7 +55,7 @@ func formatInfo(name string) formatJSON {
 
 func (s *Server) formats(w http.ResponseWriter, r *http.Request) {
 	var exp, imp []formatJSON
-	for _, n := range Exporters {
+	for _, n := range exporters {
 		exp = append(exp, formatInfo(n))
 		if !strings.HasPrefix(n, "CVAT for") {
 			imp = append(imp, formatInfo(n))

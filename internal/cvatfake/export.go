@@ -90,7 +90,7 @@ func checkFormat(w http.ResponseWriter, format string) bool {
 		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"detail": "Format " + format + " is disabled"})
 		return false
 	}
-	if !slices.Contains(Exporters, format) {
+	if !slices.Contains(exporters, format) {
 		writeJSON(w, http.StatusBadRequest, []string{"Unknown format specified for the request"})
 		return false
 	}
