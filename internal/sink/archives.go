@@ -133,6 +133,10 @@ type Object struct {
 	CRC32C     uint32
 	MD5        []byte
 	Created    bool // false: the object already existed (same state exported before)
+	// Published reports that MarkPublished recorded the object's notice as
+	// sent (Stat and Put of an existing object read it): an object that
+	// exists but is not Published still needs its notice.
+	Published bool
 }
 
 func objectFromAttrs(a *storage.ObjectAttrs, created bool) Object {
@@ -294,7 +298,11 @@ func (a *Archives) existing(ctx context.Context, h *storage.ObjectHandle) (Objec
 		// rule, an operator): the caller retries and writes it again.
 		return Object{}, fmt.Errorf("object exists (412) but reading its attributes failed: %w", err)
 	}
-	return objectFromAttrs(attrs, false), nil
+	o := objectFromAttrs(attrs, false)
+	if o.Published, err = a.published(ctx, o); err != nil {
+		return Object{}, err
+	}
+	return o, nil
 }
 
 // Stat reports whether the archive of k exists, and if so what GCS holds: the
@@ -311,7 +319,71 @@ func (a *Archives) Stat(ctx context.Context, k Key) (Object, bool, error) {
 	if err != nil {
 		return Object{}, false, fmt.Errorf("stat gs://%s/%s: %w", a.bucket, name, err)
 	}
-	return objectFromAttrs(attrs, false), true, nil
+	o := objectFromAttrs(attrs, false)
+	if o.Published, err = a.published(ctx, o); err != nil {
+		return Object{}, false, err
+	}
+	return o, true, nil
+}
+
+// MarkPublished records that the notice of o (generation o.Generation) went
+// out as message messageID, so that Stat and Put report it Published and a
+// reconciler does not announce it again.
+//
+// The record is a small marker object beside the archives
+// (<prefix>/_published/tasks/...json), not a metadata patch of the archive:
+// fake-gcs-server's filesystem backend, which the embedded default runs on,
+// rewrites an object with a new generation on every patch, which would
+// strand consumers holding the generation of the notice.
+func (a *Archives) MarkPublished(ctx context.Context, o Object, messageID string) error {
+	if messageID == "" {
+		return fmt.Errorf("mark %s published: empty message id", o.URI)
+	}
+	if o.Bucket != a.bucket || !strings.HasPrefix(o.Name, a.namePrefix()) {
+		return fmt.Errorf("mark %s published: not an archive of gs://%s/%s", o.URI, a.bucket, a.namePrefix())
+	}
+	gen := strconv.FormatInt(o.Generation, 10)
+	w := a.client.Bucket(a.bucket).Object(a.markerName(o.Name)).NewWriter(ctx)
+	w.ContentType = "application/json"
+	w.Metadata = map[string]string{metaGeneration: gen, metaMessageID: messageID}
+	body := fmt.Sprintf("{\"object\":%q,\"generation\":%s,\"message_id\":%q}\n", o.Name, gen, messageID)
+	if _, err := io.WriteString(w, body); err != nil {
+		_ = w.Close()
+		return fmt.Errorf("mark %s (generation %d) published: %w", o.URI, o.Generation, err)
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("mark %s (generation %d) published: %w", o.URI, o.Generation, err)
+	}
+	return nil
+}
+
+// Metadata keys of the published marker.
+const (
+	metaGeneration = "cvat_sync_generation"
+	metaMessageID  = "cvat_sync_message_id"
+)
+
+func (a *Archives) namePrefix() string {
+	if a.prefix == "" {
+		return ""
+	}
+	return a.prefix + "/"
+}
+
+func (a *Archives) markerName(objectName string) string {
+	return a.namePrefix() + "_published/" + strings.TrimPrefix(objectName, a.namePrefix()) + ".json"
+}
+
+// published reports whether the marker of o names o's generation.
+func (a *Archives) published(ctx context.Context, o Object) (bool, error) {
+	attrs, err := a.client.Bucket(a.bucket).Object(a.markerName(o.Name)).Attrs(ctx)
+	if errors.Is(err, storage.ErrObjectNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read the published marker of %s: %w", o.URI, err)
+	}
+	return attrs.Metadata[metaGeneration] == strconv.FormatInt(o.Generation, 10), nil
 }
 
 func (m Metadata) attrs(k Key) map[string]string {

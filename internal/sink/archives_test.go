@@ -253,13 +253,49 @@ func TestArchivesPut(t *testing.T) {
 				t.Errorf("Stat (-want +got):\n%s", diff)
 			}
 
+			// Once its notice is out, the object says so, and keeps the rest.
+			if err := a.MarkPublished(ctx, got, "m17"); err != nil {
+				t.Fatalf("MarkPublished: %v", err)
+			}
+			want.Published = true
+			stat, _, err = a.Stat(ctx, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(want, stat); diff != "" {
+				t.Errorf("Stat after MarkPublished (-want +got):\n%s", diff)
+			}
+			third, err := a.Put(ctx, key, Metadata{}, bytes.NewReader(data))
+			if err != nil || third.Created || !third.Published {
+				t.Errorf("Put after MarkPublished = (Created %v, Published %v, %v), want an existing, published object", third.Created, third.Published, err)
+			}
+			if _, err := client.Bucket(testBucket).Object("exports/_published/" + strings.TrimPrefix(name, "exports/") + ".json").Attrs(ctx); err != nil {
+				t.Errorf("published marker: %v", err)
+			}
+			// A marker of another generation (the object was deleted and
+			// written again) does not count.
+			stale := got
+			stale.Generation--
+			if err := a.MarkPublished(ctx, stale, "m18"); err != nil {
+				t.Fatal(err)
+			}
+			if o, _, err := a.Stat(ctx, key); err != nil || o.Published {
+				t.Errorf("Stat with a marker of another generation = (Published %v, %v), want not published", o.Published, err)
+			}
+			if err := a.MarkPublished(ctx, got, "m19"); err != nil {
+				t.Fatal(err)
+			}
+			if o, _, err := a.Stat(ctx, key); err != nil || !o.Published || o.Generation != got.Generation {
+				t.Errorf("Stat = %+v, %v; want generation %d, published", o, err, got.Generation)
+			}
+
 			if got := testutil.ToFloat64(a.m.writes.WithLabelValues(outcomeCreated)); got != 1 {
 				t.Errorf("writes{created} = %v, want 1", got)
 			}
-			if got := testutil.ToFloat64(a.m.writes.WithLabelValues(outcomeExists)); got != 1 {
-				t.Errorf("writes{exists} = %v, want 1", got)
+			if got := testutil.ToFloat64(a.m.writes.WithLabelValues(outcomeExists)); got != 2 {
+				t.Errorf("writes{exists} = %v, want 2", got)
 			}
-			if got, want := testutil.ToFloat64(a.m.bytes), float64(2*tt.size+10); got != want {
+			if got, want := testutil.ToFloat64(a.m.bytes), float64(3*tt.size+10); got != want {
 				t.Errorf("write bytes = %v, want %v", got, want)
 			}
 			if n, err := testutil.GatherAndCount(reg); err != nil || n != 4 {
