@@ -213,7 +213,7 @@ func (e *Env) connectPubSub(ctx context.Context, addr string) error {
 
 // connectStorage connects to a GCS emulator at base (scheme://host:port).
 func (e *Env) connectStorage(ctx context.Context, base string) error {
-	st, err := storage.NewClient(ctx, option.WithEndpoint(base+"/storage/v1/"), option.WithoutAuthentication())
+	st, err := storage.NewClient(ctx, option.WithEndpoint(base+"/storage/v1/"), option.WithoutAuthentication(), storage.WithJSONReads())
 	if err != nil {
 		return fmt.Errorf("GCS emulator at %s: %w", base, err)
 	}

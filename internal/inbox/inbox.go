@@ -160,3 +160,34 @@ func orDefault(s, d string) string {
 	}
 	return s
 }
+
+// DeadLetters publishes work that was given up on to the dead-letter topic,
+// with the reason, so an operator can see why and replay it.
+type DeadLetters struct {
+	pub *pubsub.Publisher
+}
+
+// NewDeadLetters returns DeadLetters publishing with p.
+func NewDeadLetters(p *pubsub.Publisher) *DeadLetters { return &DeadLetters{pub: p} }
+
+// Send publishes it with attributes "reason" (at most 1024 bytes) and
+// "attempts", and waits for the server.
+func (d *DeadLetters) Send(ctx context.Context, it Item, reason string, attempts int) error {
+	m, err := it.Message()
+	if err != nil {
+		return err
+	}
+	m.OrderingKey = ""
+	if len(reason) > 1024 {
+		reason = reason[:1024]
+	}
+	m.Attributes["reason"] = reason
+	m.Attributes["attempts"] = strconv.Itoa(attempts)
+	if _, err := d.pub.Publish(ctx, m).Get(ctx); err != nil {
+		return fmt.Errorf("dead-letter %s: %w", orDefault(it.OrderingKey(), it.Event), err)
+	}
+	return nil
+}
+
+// Stop flushes and stops the publisher.
+func (d *DeadLetters) Stop() { d.pub.Stop() }

@@ -1,0 +1,378 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"cloud.google.com/go/pubsub/v2"
+
+	"github.com/cvat-sync/cvat-sync/internal/cvatapi"
+	"github.com/cvat-sync/cvat-sync/internal/event"
+	"github.com/cvat-sync/cvat-sync/internal/inbox"
+	"github.com/cvat-sync/cvat-sync/internal/sink"
+)
+
+// Enqueuer stores a work item in the inbox.
+type Enqueuer interface {
+	Enqueue(ctx context.Context, it inbox.Item) error
+}
+
+// DeadLetters receives work given up on, with the reason.
+type DeadLetters interface {
+	Send(ctx context.Context, it inbox.Item, reason string, attempts int) error
+}
+
+// Trigger policies.
+const (
+	TriggerUpdate    = "update"    // any change to a task, its jobs or annotations
+	TriggerCompleted = "completed" // a job or the task reaches "completed"
+)
+
+// WorkerConfig configures a Worker.
+type WorkerConfig struct {
+	Subscriber  *pubsub.Subscriber
+	Exporter    *Exporter
+	Queue       Enqueuer // for a project's tasks found behind a project-level event
+	DeadLetters DeadLetters
+	Trigger     string
+	Debounce    time.Duration
+	MaxWait     time.Duration
+	MaxAttempts int           // export attempts before the work is dead-lettered
+	Concurrency int           // exports at once; default 4
+	Tick        time.Duration // how often due batches are looked for; default debounce/4 within [10ms, 1s]
+	RetryMin    time.Duration // first retry backoff; default 2s
+	RetryMax    time.Duration // backoff cap; default 5m
+	Now         func() time.Time
+	Log         *slog.Logger
+}
+
+// Worker receives the inbox and exports coalesced batches.
+type Worker struct {
+	cfg      WorkerConfig
+	m        *Metrics
+	mu       sync.Mutex
+	c        *coalescer
+	running  sync.WaitGroup
+	slots    chan struct{}
+	draining atomic.Bool
+}
+
+// NewWorker builds a Worker and registers its metrics through newMetrics,
+// which receives the pending-task and oldest-age readers.
+func NewWorker(cfg WorkerConfig, newMetrics func(pending, oldest func() float64) (*Metrics, error)) (*Worker, error) {
+	if cfg.Subscriber == nil || cfg.Exporter == nil || cfg.Queue == nil || cfg.DeadLetters == nil || cfg.Log == nil {
+		return nil, errors.New("pipeline: worker needs Subscriber, Exporter, Queue, DeadLetters and Log")
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 4
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 5
+	}
+	if cfg.Tick <= 0 {
+		cfg.Tick = min(max(cfg.Debounce/4, 10*time.Millisecond), time.Second)
+	}
+	if cfg.RetryMin <= 0 {
+		cfg.RetryMin = 2 * time.Second
+	}
+	if cfg.RetryMax <= 0 {
+		cfg.RetryMax = 5 * time.Minute
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	w := &Worker{cfg: cfg, c: newCoalescer(cfg.Debounce, cfg.MaxWait), slots: make(chan struct{}, cfg.Concurrency)}
+	m, err := newMetrics(w.pendingCount, w.oldestAge)
+	if err != nil {
+		return nil, err
+	}
+	w.m = m
+	cfg.Exporter.Metrics = m
+
+	rs := &cfg.Subscriber.ReceiveSettings
+	// Held messages wait for their export: allow bursts far larger than the
+	// default 1000 outstanding messages.
+	rs.MaxOutstandingMessages = 50000
+	rs.MaxOutstandingBytes = 256 << 20
+	// A replica that dies must not hide its work for long: no single lease
+	// extension beyond a minute.
+	rs.MaxDurationPerAckExtension = time.Minute
+	rs.MinDurationPerAckExtension = 10 * time.Second
+	rs.MaxExtension = cfg.MaxWait + time.Duration(cfg.MaxAttempts)*cfg.RetryMax + 30*time.Minute
+	return w, nil
+}
+
+func (w *Worker) pendingCount() float64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n, _ := w.c.pending()
+	return float64(n)
+}
+
+func (w *Worker) oldestAge() float64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, oldest := w.c.pending()
+	if oldest.IsZero() {
+		return 0
+	}
+	return w.cfg.Now().Sub(oldest).Seconds()
+}
+
+// Run receives and exports until ctx is done, then drains: pending batches
+// are nacked at once (another replica takes them), running exports get until
+// drainCtx is done to finish, and are nacked if they cannot.
+func (w *Worker) Run(ctx context.Context, drainCtx func() (context.Context, context.CancelFunc)) error {
+	recvCtx, stopRecv := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRecv()
+	exportCtx, stopExports := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopExports()
+	recvDone := make(chan error, 1)
+	go func() { recvDone <- w.cfg.Subscriber.Receive(recvCtx, w.receive) }()
+
+	ticker := time.NewTicker(w.cfg.Tick)
+	defer ticker.Stop()
+	var recvErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case recvErr = <-recvDone:
+			recvDone = nil
+			break loop
+		case <-ticker.C:
+			w.dispatch(exportCtx)
+		}
+	}
+
+	w.draining.Store(true)
+	w.mu.Lock()
+	nacked := w.c.nackIdle()
+	w.mu.Unlock()
+	dctx, cancel := drainCtx()
+	defer cancel()
+	finished := make(chan struct{})
+	go func() { w.running.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-dctx.Done():
+		stopExports()
+		<-finished
+	}
+	w.mu.Lock()
+	nacked += w.c.nackIdle()
+	w.mu.Unlock()
+	w.cfg.Log.Info("worker drained", "nacked", nacked)
+	stopRecv()
+	if recvDone != nil {
+		recvErr = <-recvDone
+	}
+	if recvErr != nil && !errors.Is(recvErr, context.Canceled) {
+		return fmt.Errorf("receive inbox: %w", recvErr)
+	}
+	return nil
+}
+
+// receive folds one inbox message into its task's batch.
+func (w *Worker) receive(ctx context.Context, m *pubsub.Message) {
+	if w.draining.Load() {
+		m.Nack()
+		return
+	}
+	it, err := inbox.Decode(m)
+	if err != nil {
+		w.m.items.WithLabelValues("invalid").Inc()
+		w.cfg.Log.Error("unreadable inbox message", "message_id", m.ID, "error", err.Error())
+		if err := w.cfg.DeadLetters.Send(ctx, inbox.Item{Event: "invalid", Source: "inbox"}, err.Error(), 1); err != nil {
+			m.Nack()
+			return
+		}
+		w.m.deadLettered.WithLabelValues("invalid").Inc()
+		m.Ack()
+		return
+	}
+	if !w.triggers(it) {
+		w.m.items.WithLabelValues("skipped").Inc()
+		m.Ack()
+		return
+	}
+	switch {
+	case it.Resource == event.ResourceTask && it.Action == "delete":
+		w.m.items.WithLabelValues("delete").Inc()
+	case it.TaskID != 0:
+		w.m.items.WithLabelValues("task").Inc()
+	default:
+		w.m.items.WithLabelValues("project").Inc()
+	}
+	w.mu.Lock()
+	w.c.add(it, m, w.cfg.Now())
+	w.mu.Unlock()
+}
+
+// triggers applies the trigger policy to an item.
+func (w *Worker) triggers(it inbox.Item) bool {
+	if it.TaskID == 0 && it.ProjectID == 0 {
+		return false
+	}
+	if it.Source != "webhook" || it.Action == "delete" {
+		return it.Action != "delete" || it.Resource == event.ResourceTask
+	}
+	switch it.Resource {
+	case event.ResourceTask, event.ResourceJob:
+		if w.cfg.Trigger == TriggerCompleted {
+			return it.Status == "completed"
+		}
+		return it.Action == "update" || it.Action == "create"
+	case event.ResourceProject:
+		return w.cfg.Trigger != TriggerCompleted && it.Action == "update"
+	}
+	return false
+}
+
+// dispatch starts the due batches, as many as there are free slots.
+func (w *Worker) dispatch(ctx context.Context) {
+	w.mu.Lock()
+	due := w.c.due(w.cfg.Now(), cap(w.slots)-len(w.slots))
+	w.mu.Unlock()
+	for _, b := range due {
+		w.slots <- struct{}{}
+		w.running.Add(1)
+		go func() {
+			defer func() { <-w.slots; w.running.Done() }()
+			w.process(ctx, b)
+		}()
+	}
+}
+
+// process runs one batch and settles its messages.
+func (w *Worker) process(ctx context.Context, b *batch) {
+	err := w.runBatch(ctx, b)
+	now := w.cfg.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case err == nil:
+		w.m.coalesced.Add(float64(max(b.events-1, 0)))
+		w.m.latency.Observe(now.Sub(b.first).Seconds())
+		w.c.finish(b, true, time.Time{})
+	case w.draining.Load():
+		w.c.finish(b, false, now)
+	case b.attempts >= w.cfg.MaxAttempts:
+		w.mu.Unlock()
+		dlErr := w.deadLetter(ctx, b, err)
+		w.mu.Lock()
+		if dlErr != nil {
+			w.cfg.Log.Error("dead-lettering failed; will retry", "key", b.key, "error", dlErr.Error())
+			w.c.finish(b, false, now.Add(w.cfg.RetryMax))
+			return
+		}
+		w.c.drop(b)
+	default:
+		wait := w.backoff(b.attempts)
+		w.m.retries.Inc()
+		w.cfg.Log.Warn("export failed; will retry", "key", b.key, "attempt", b.attempts,
+			"max_attempts", w.cfg.MaxAttempts, "retry_in", wait.String(), "error", err.Error())
+		w.c.finish(b, false, now.Add(wait))
+	}
+}
+
+func (w *Worker) runBatch(ctx context.Context, b *batch) error {
+	e := w.cfg.Exporter
+	switch {
+	case b.deleted != nil:
+		d := b.deleted
+		t := sink.Task{ID: d.TaskID, Name: d.TaskName, ProjectID: sink.NullID(d.ProjectID), Status: d.Status, UpdatedDate: d.UpdatedDate}
+		if d.OrganizationID != 0 {
+			t.Organization = &sink.Organization{ID: d.OrganizationID}
+		}
+		return e.Delete(ctx, t, b.trig)
+	case b.taskID != 0:
+		_, err := e.Export(ctx, b.taskID, b.trig)
+		if errors.Is(err, ErrGone) {
+			w.cfg.Log.Info("task gone before its export; its deletion is announced by delete:task", "task_id", b.taskID)
+			return nil
+		}
+		return err
+	case b.projectID != 0 && !b.sawTasks:
+		n, err := enqueueMissing(ctx, e, w.cfg.Queue, cvatapi.TaskFilter{ProjectID: b.projectID}, "project", w.cfg.Now)
+		if n > 0 {
+			w.m.enqueued.WithLabelValues("project").Add(float64(n))
+		}
+		return err
+	}
+	return nil
+}
+
+func (w *Worker) deadLetter(ctx context.Context, b *batch, cause error) error {
+	it := inbox.Item{Event: b.trig.Event, TaskID: b.taskID, ProjectID: b.projectID, Source: "worker", ReceivedAt: b.first}
+	if b.deleted != nil {
+		it = *b.deleted
+	}
+	if err := w.cfg.DeadLetters.Send(ctx, it, cause.Error(), b.attempts); err != nil {
+		return err
+	}
+	w.m.deadLettered.WithLabelValues(reasonClass(cause)).Inc()
+	w.cfg.Log.Error("work dead-lettered", "key", b.key, "attempts", b.attempts, "events", b.events, "reason", cause.Error())
+	return nil
+}
+
+func (w *Worker) backoff(attempt int) time.Duration {
+	d := w.cfg.RetryMin << min(attempt-1, 20)
+	if d > w.cfg.RetryMax || d <= 0 {
+		d = w.cfg.RetryMax
+	}
+	// ±20% jitter so replicas retrying the same outage spread out.
+	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+}
+
+// reasonClass maps an error to a small fixed set for a metric label.
+func reasonClass(err error) string {
+	var se *cvatapi.StatusError
+	var ne *cvatapi.NetError
+	switch {
+	case errors.Is(err, cvatapi.ErrExportFailed):
+		return "cvat_export_failed"
+	case errors.As(err, &se):
+		return "cvat_status"
+	case errors.As(err, &ne):
+		return "cvat_unreachable"
+	case errors.Is(err, sink.ErrChecksumMismatch):
+		return "checksum"
+	}
+	return "other"
+}
+
+// enqueueMissing lists the tasks f selects and enqueues those whose current
+// state is not exported in every format. It returns how many it enqueued.
+func enqueueMissing(ctx context.Context, e *Exporter, q Enqueuer, f cvatapi.TaskFilter, source string, now func() time.Time) (int, error) {
+	n := 0
+	err := e.CVAT.ListTasks(ctx, f, func(t cvatapi.Task) error {
+		missing, err := e.Missing(ctx, t)
+		if err != nil || len(missing) == 0 {
+			return err
+		}
+		it := inbox.Item{
+			Event: source, Resource: event.ResourceTask, Action: "update", TaskID: t.ID, ProjectID: t.ProjectID,
+			OrganizationID: t.OrganizationID, Status: t.Status, UpdatedDate: t.UpdatedDate,
+			ReceivedAt: now().UTC(), Source: source,
+		}
+		if err := q.Enqueue(ctx, it); err != nil {
+			return err
+		}
+		n++
+		return nil
+	})
+	return n, err
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+func nullID(n int64) sink.NullID { return sink.NullID(n) }
