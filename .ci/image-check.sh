@@ -23,7 +23,8 @@
 #    root FS, mounts it read-only (a read-only bind mount in a private mount namespace,
 #    with tmpfs on /tmp and on the data dir, like readOnlyRootFilesystem + emptyDirs),
 #    proves a write into it fails, starts /receiver in it as UID 65532 (chroot, no
-#    capabilities, no_new_privs) with only the image's environment plus a webhook secret,
+#    capabilities, no_new_privs) with the image's environment plus the chart's ConfigMap
+#    (when helm is installed, as .ci/chart-check.sh does) and the webhook secret as a file,
 #    polls /healthz on a loopback port until 200, then stops it with SIGTERM.
 #
 # Tools are installed on first use, pinned, into ${XDG_CACHE_HOME:-~/.cache}/cvat-sync-ci
@@ -34,6 +35,8 @@
 #   IMAGE_CHECK_SRC      Go module to build ./cmd/receiver from (default: this repository)
 #   IMAGE_CHECK_OUT      keep the OCI layout, config, manifest and logs here (default: temp, removed)
 #   IMAGE_CHECK_TIMEOUT  seconds to wait for /healthz (default 60)
+#   IMAGE_CHECK_MODE     "chmod" forces the fallback used without root or mount namespaces
+#                        (a copy with no write bits, run as 65532 without chroot)
 #   VERSION              version stamped into the binary (default: git describe)
 set -euo pipefail
 
@@ -374,13 +377,32 @@ grep -q "^nonroot:x:$UID_NONROOT:" "$RFS/etc/passwd" && [ -s "$RFS/etc/ssl/certs
 
 # Run it from a read-only root FS.
 PORT="$(free_port)"
+# The environment a pod gets: the image's Env, then (when helm is at hand, e.g. installed by
+# .ci/chart-check.sh) the chart's rendered ConfigMap for its default values, then a loopback
+# listen address. The webhook secret comes from a file, as the chart mounts it
+# (root-owned, group 65532, mode 0440), in the tmpfs /tmp since the root FS is read-only.
 RUN_ENV=()
 while IFS= read -r kv; do RUN_ENV+=("$kv"); done < <(jq -r '.config.Env[]' "$C")
-RUN_ENV+=("CVAT_SYNC_LISTEN=127.0.0.1:$PORT" "CVAT_SYNC_WEBHOOK_SECRET=image-check-secret" "CVAT_SYNC_LOG_LEVEL=info")
-DATA_DIR="$(jq -r '.config.Env[] | select(startswith("CVAT_SYNC_DATA_DIR=")) | sub("^[^=]*="; "")' "$C")"
+KIT_HELM="${HELM:-$(ls -1 "${CHECK_CHART_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/check-chart}"/bin/helm-v* 2>/dev/null | sort -V | tail -n1)}"
+ENV_FROM="the image's Env"
+if [ -n "$KIT_HELM" ] && [ -x "$KIT_HELM" ] && [ -f "$ROOT/deploy/k8s/Chart.yaml" ] &&
+  "$KIT_HELM" template cvat-sync "$ROOT/deploy/k8s" --namespace cvat --set secret.webhookSecret=x \
+    --show-only templates/configmap.yaml >"$WORK/configmap.yaml" 2>/dev/null &&
+  python3 -c 'import sys, yaml
+for k, v in sorted(yaml.safe_load(open(sys.argv[1]))["data"].items()): print(k + "=" + v)' \
+    "$WORK/configmap.yaml" >"$WORK/chart.env" 2>/dev/null; then
+  while IFS= read -r kv; do RUN_ENV+=("$kv"); done <"$WORK/chart.env"
+  ENV_FROM="the image's Env + the chart's ConfigMap ($(wc -l <"$WORK/chart.env") variables)"
+fi
+SECRET_DIR=/tmp/cvat-sync-secrets
+printf 'image-check-secret' >"$WORK/webhook-secret"
+RUN_ENV+=("CVAT_SYNC_LISTEN=127.0.0.1:$PORT" "CVAT_SYNC_WEBHOOK_SECRET_FILE=$SECRET_DIR/webhook-secret")
+# The last assignment of a name wins (env -i A=1 A=2 sets A=2).
+DATA_DIR="$(printf '%s\n' "${RUN_ENV[@]}" | sed -n 's/^CVAT_SYNC_DATA_DIR=//p' | tail -n1)"
+case "$DATA_DIR" in /*) ;; *) die "CVAT_SYNC_DATA_DIR must be absolute for a read-only root FS, is '$DATA_DIR'" ;; esac
 LOG="$OUT/receiver.log"
 MODE=""
-if [ "$(id -u)" = 0 ] && unshare --mount --propagation private true 2>/dev/null; then
+if [ "${IMAGE_CHECK_MODE:-}" != chmod ] && [ "$(id -u)" = 0 ] && unshare --mount --propagation private true 2>/dev/null; then
   MODE="namespace"
   # In a private mount namespace: the root FS becomes a read-only bind mount, tmpfs goes on
   # /tmp and on the data dir (the emptyDirs of the pod), then a write into the root FS must
@@ -388,11 +410,13 @@ if [ "$(id -u)" = 0 ] && unshare --mount --propagation private true 2>/dev/null;
   # chroot as 65532 with no capabilities and no_new_privs. `exec` keeps one PID throughout.
   cat >"$WORK/run-ro.sh" <<'EOF'
 set -eu
-rfs="$1" data="$2" uid="$3"; shift 3
+rfs="$1" data="$2" uid="$3" secret="$4" secret_dir="$5"; shift 5
 mount --bind "$rfs" "$rfs"
 mount -o remount,bind,ro "$rfs"
 mount -t tmpfs -o size=64m,mode=1777,nosuid,nodev tmpfs "$rfs/tmp"
 mount -t tmpfs -o "size=256m,mode=0700,uid=$uid,gid=$uid,nosuid,nodev" tmpfs "$rfs$data"
+install -d -o 0 -g "$uid" -m 0750 "$rfs$secret_dir"
+install -o 0 -g "$uid" -m 0440 "$secret" "$rfs$secret_dir/webhook-secret"
 mount -t proc -o nosuid,nodev,noexec proc "$rfs/proc"
 if touch "$rfs/etc/probe" 2>/dev/null || touch "$rfs/probe" 2>/dev/null; then
   echo "ROOTFS-WRITABLE"; exit 97
@@ -404,17 +428,19 @@ echo "READONLY-OK"
 exec env -i "$@" setpriv --no-new-privs chroot --userspec="$uid:$uid" "$rfs" /receiver
 EOF
   unshare --mount --propagation private bash "$WORK/run-ro.sh" "$RFS" "$DATA_DIR" "$UID_NONROOT" \
-    "${RUN_ENV[@]}" >"$LOG" 2>&1 &
+    "$WORK/webhook-secret" "$SECRET_DIR" "${RUN_ENV[@]}" >"$LOG" 2>&1 &
   RPID=$!
 else
   MODE="chmod"
   # Without root or mount namespaces: a copy with every write bit removed, the binary run
   # from it as 65532 (or as this non-root user), data dir and TMPDIR outside it.
   chmod -R a-w "$RFS"
-  mkdir -p "$WORK/data" "$WORK/tmp"
-  RUN_ENV=("${RUN_ENV[@]/#CVAT_SYNC_DATA_DIR=*/CVAT_SYNC_DATA_DIR=$WORK/data}" "TMPDIR=$WORK/tmp")
+  mkdir -p "$WORK/data" "$WORK/tmp" "$WORK/secrets"
+  cp "$WORK/webhook-secret" "$WORK/secrets/webhook-secret"
+  RUN_ENV=("${RUN_ENV[@]/#CVAT_SYNC_DATA_DIR=*/CVAT_SYNC_DATA_DIR=$WORK/data}" "TMPDIR=$WORK/tmp"
+    "CVAT_SYNC_WEBHOOK_SECRET_FILE=$WORK/secrets/webhook-secret")
   if [ "$(id -u)" = 0 ]; then
-    chown "$UID_NONROOT:$UID_NONROOT" "$WORK/data" "$WORK/tmp"
+    chown "$UID_NONROOT:$UID_NONROOT" "$WORK/data" "$WORK/tmp" "$WORK/secrets" "$WORK/secrets/webhook-secret"
     AS=(setpriv --reuid="$UID_NONROOT" --regid="$UID_NONROOT" --clear-groups --no-new-privs)
   else
     AS=()
@@ -428,7 +454,7 @@ else
   RPID=$!
 fi
 PIDS+=("$RPID")
-info "started /receiver (pid $RPID, mode: $MODE) on 127.0.0.1:$PORT, log $LOG"
+info "started /receiver (pid $RPID, mode: $MODE) on 127.0.0.1:$PORT with $ENV_FROM, log $LOG"
 
 code=""
 deadline=$((SECONDS + HEALTH_TIMEOUT))
