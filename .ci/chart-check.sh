@@ -18,7 +18,7 @@
 # The kit lives in the steering repo's shared/ folder beside this repository. It is found at
 # $CVAT_SYNC_SHARED, else <repo>/../shared, else <origin>/../shared when this is a clone of a
 # local checkout (d=$(mktemp -d) && git clone /work/main "$d" works as is).
-# First run installs helm and kubeconform with `go install` (about 5 min; cached afterwards in
+# First run installs helm and kubeconform with `go install` (about 6 min cold; cached afterwards in
 # ~/.cache/check-chart) and downloads prometheus-operator's module (pinned) for step 3.
 set -uo pipefail
 
