@@ -84,7 +84,13 @@ func startService(t *testing.T, env map[string]string, args ...string) *service 
 		}
 		time.Sleep(10 * time.Millisecond) // polling the log with a deadline
 	}
-	t.Cleanup(func() { s.stop(t) })
+	t.Cleanup(func() {
+		s.stop(t)
+		if t.Failed() {
+			lines := strings.Split(strings.TrimSpace(s.logs.String()), "\n")
+			t.Logf("last log lines of the service at %s:\n%s", s.addr, strings.Join(lines[max(0, len(lines)-25):], "\n"))
+		}
+	})
 	return s
 }
 

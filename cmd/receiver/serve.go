@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -52,7 +53,7 @@ func openCloud(ctx context.Context, cfg config.Config, getenv func(string) strin
 		func() error { return env.EnsureTopic(ctx, cfg.OutboxTopic) },
 		func() error {
 			return env.EnsureSubscription(ctx, cfg.InboxSubscription, cfg.InboxTopic, cloud.SubscriptionOptions{
-				AckDeadline: time.Minute, Ordering: true, DeadLetterTopic: cfg.DeadLetterTopic,
+				AckDeadline: 20 * time.Second, Ordering: true, DeadLetterTopic: cfg.DeadLetterTopic,
 				MaxAttempts: cfg.MaxAttempts, MinBackoff: 10 * time.Second, MaxBackoff: 10 * time.Minute,
 			})
 		},
@@ -98,6 +99,45 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	defer env.Close()
 
 	queue := inbox.NewQueue(env.PubSub.Publisher(cfg.InboxTopic), 9*time.Second)
+	checks := []webhook.Check{
+		{Name: "pubsub", Required: true, Run: func(ctx context.Context) error {
+			return env.Check(ctx, cfg.InboxTopic, cfg.GCSBucket)["pubsub"]
+		}},
+		{Name: "gcs", Required: true, Run: func(ctx context.Context) error {
+			return env.Check(ctx, cfg.InboxTopic, cfg.GCSBucket)["gcs"]
+		}},
+	}
+
+	// The pipeline needs CVAT; without a CVAT URL the service still stores
+	// every event in the inbox, for a later run to export.
+	var stopPipeline func(time.Time) error
+	var bg sync.WaitGroup
+	bgCtx, stopBG := context.WithCancel(ctx)
+	defer func() { stopBG(); bg.Wait() }()
+	if cfg.CVATURL == "" {
+		log.Warn("CVAT_SYNC_CVAT_URL is not set: webhooks are stored in the inbox but nothing is exported")
+	} else {
+		cv, err := newCVAT(cfg, cfg.CVATOrg, reg, log.With("component", "cvat"))
+		if err != nil {
+			queue.Stop()
+			return err
+		}
+		defer cv.Close()
+		if err := checkFormats(ctx, cv, cfg.ExportFormats, log); err != nil {
+			queue.Stop()
+			return err
+		}
+		probe := &cvatProbe{err: errors.New("not checked yet")}
+		bg.Add(1)
+		go func() { defer bg.Done(); probe.run(bgCtx, cv, 30*time.Second) }()
+		checks = append(checks, webhook.Check{Name: "cvat", Required: false, Run: probe.check})
+		stopPipeline, err = startPipeline(ctx, env, cv, queue, cfg, reg, log)
+		if err != nil {
+			queue.Stop()
+			return err
+		}
+	}
+
 	srv, err := webhook.New(webhook.Config{
 		Verifier:     verifier,
 		MaxBodyBytes: cfg.MaxBodyBytes,
@@ -105,14 +145,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		Logger:       log,
 		Registerer:   reg,
 		Gatherer:     reg,
-		Checks: []webhook.Check{
-			{Name: "pubsub", Required: true, Run: func(ctx context.Context) error {
-				return env.Check(ctx, cfg.InboxTopic, cfg.GCSBucket)["pubsub"]
-			}},
-			{Name: "gcs", Required: true, Run: func(ctx context.Context) error {
-				return env.Check(ctx, cfg.InboxTopic, cfg.GCSBucket)["gcs"]
-			}},
-		},
+		Checks:       checks,
 	})
 	if err != nil {
 		return err
@@ -128,20 +161,28 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	log.Info("listening", "addr", ln.Addr().String(), "mode", string(env.Mode), "version", version,
 		"webhook_path", webhook.Path, "secrets", len(cfg.WebhookSecrets))
 
+	var shutdownErr error
 	select {
 	case err := <-serveErr:
-		queue.Stop()
-		return fmt.Errorf("http server: %w", err)
+		shutdownErr = fmt.Errorf("http server: %w", err)
+		serveErr <- nil
 	case <-ctx.Done():
 	}
 
 	log.Info("shutting down", "grace", cfg.ShutdownGrace.String())
-	graceCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownGrace)
+	deadline := time.Now().Add(cfg.ShutdownGrace)
+	graceCtx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
 	defer cancel()
 	srv.Drain()
-	shutdownErr := hs.Shutdown(graceCtx)
+	// Stop taking webhooks first (in-flight ones finish and are stored), then
+	// the worker: pending work is nacked for another replica, running exports
+	// get what is left of the grace period.
+	shutdownErr = errors.Join(shutdownErr, hs.Shutdown(graceCtx))
 	if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		shutdownErr = errors.Join(shutdownErr, err)
+	}
+	if stopPipeline != nil {
+		shutdownErr = errors.Join(shutdownErr, stopPipeline(deadline.Add(-time.Second)))
 	}
 	queue.Stop()
 	if shutdownErr != nil {

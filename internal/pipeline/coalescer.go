@@ -26,31 +26,59 @@ type batch struct {
 	events    int
 	trig      Trigger
 	deleted   *inbox.Item // a delete:task seen
-	// sawTasks is set on a project batch when events of its tasks arrived
-	// meanwhile: their own batches cover the change.
-	sawTasks bool
-
 	running   bool
 	attempts  int
 	notBefore time.Time // retry backoff
 	next      *batch    // events that arrived while running
 }
 
+// coveredMargin is how much earlier than a completed run's start an item
+// must have been received to count as covered by it: slack for the clock
+// skew between the replica that received it and the one exporting (NTP keeps
+// GKE nodes within milliseconds), and for CVATs before 2.11, which sent
+// webhooks just before committing. An item inside the margin is not lost: it
+// gets a run of its own, which finds the state exported.
+const coveredMargin = 200 * time.Millisecond
+
 // coalescer keeps one pending batch per key and says which are due. It holds
 // no lock and reads no clock: the worker serialises calls and passes the time.
+//
+// The inbox delivers a key's messages in order and the next one only once
+// the previous is acked (Pub/Sub ordered delivery). So a batch usually holds
+// one message while its task is busy, and the events behind it are settled
+// by covered: when a run of the key that started after an item was received
+// has completed, that run saw the item's change, and the item is acked at
+// once.
 type coalescer struct {
 	debounce time.Duration
 	maxWait  time.Duration
 	batches  map[string]*batch
+	// covered holds, per key, when the last successful run started (for a
+	// task: when it read the task's state from CVAT).
+	covered map[string]time.Time
+	// taskSeen holds, per project, when an event of one of its tasks came.
+	taskSeen map[int64]time.Time
 }
 
 func newCoalescer(debounce, maxWait time.Duration) *coalescer {
-	return &coalescer{debounce: debounce, maxWait: maxWait, batches: map[string]*batch{}}
+	return &coalescer{debounce: debounce, maxWait: maxWait, batches: map[string]*batch{},
+		covered: map[string]time.Time{}, taskSeen: map[int64]time.Time{}}
 }
 
-// add folds an item (and its message) into the batch of its key.
-func (c *coalescer) add(it inbox.Item, m Ackable, now time.Time) {
+// add folds an item (and its message) into the batch of its key. It returns
+// false, having acked m, when a completed run already covers the item.
+func (c *coalescer) add(it inbox.Item, m Ackable, now time.Time) bool {
 	key := it.OrderingKey()
+	if it.TaskID != 0 && it.ProjectID != 0 {
+		c.taskSeen[it.ProjectID] = now
+	}
+	isDelete := it.Action == "delete"
+	if at, ok := c.covered[key]; ok && !isDelete && !it.ReceivedAt.IsZero() && it.ReceivedAt.Add(coveredMargin).Before(at) {
+		if m != nil {
+			m.Ack()
+		}
+		return false
+	}
 	b := c.batches[key]
 	if b == nil {
 		b = &batch{key: key, taskID: it.TaskID, projectID: it.ProjectID, first: now}
@@ -63,16 +91,14 @@ func (c *coalescer) add(it inbox.Item, m Ackable, now time.Time) {
 		b = b.next
 	}
 	b.fold(it, m, now)
-	// A task's events tell a pending batch of its project that the change
-	// is covered.
-	if it.TaskID != 0 && it.ProjectID != 0 {
-		if pb := c.batches["project-"+itoa(it.ProjectID)]; pb != nil {
-			pb.sawTasks = true
-			if pb.next != nil {
-				pb.next.sawTasks = true
-			}
-		}
-	}
+	return true
+}
+
+// tasksSeenSince reports whether an event of a task of project came at or
+// after t: a project batch then needs no scan, its tasks' batches cover it.
+func (c *coalescer) tasksSeenSince(project int64, t time.Time) bool {
+	seen, ok := c.taskSeen[project]
+	return ok && !seen.Before(t)
 }
 
 func (b *batch) fold(it inbox.Item, m Ackable, now time.Time) {
@@ -126,12 +152,23 @@ func (c *coalescer) due(now time.Time, limit int) []*batch {
 	return ready
 }
 
-// finish ends a run of b: on success its messages are acked and the events
+// postpone puts b back to wait until t without counting an attempt: its task
+// is still busy in CVAT.
+func (c *coalescer) postpone(b *batch, t time.Time) {
+	b.attempts--
+	c.finish(b, false, t, time.Time{})
+}
+
+// finish ends a run of b that started at started: on success its messages
+// are acked, later items received before started are covered, and the events
 // that arrived meanwhile become the pending batch; on failure b waits until
 // retryAt and absorbs them.
-func (c *coalescer) finish(b *batch, ok bool, retryAt time.Time) {
+func (c *coalescer) finish(b *batch, ok bool, retryAt, started time.Time) {
 	b.running = false
 	if ok {
+		if !started.IsZero() && started.After(c.covered[b.key]) {
+			c.covered[b.key] = started
+		}
 		for _, m := range b.msgs {
 			m.Ack()
 		}
@@ -152,7 +189,6 @@ func (c *coalescer) finish(b *batch, ok bool, retryAt time.Time) {
 		}
 		b.trig = n.trig
 		b.trig.Coalesced = b.events
-		b.sawTasks = b.sawTasks || n.sawTasks
 		b.next = nil
 	}
 }
@@ -160,7 +196,21 @@ func (c *coalescer) finish(b *batch, ok bool, retryAt time.Time) {
 // drop removes b (given up, or handed to the dead-letter topic) and acks its
 // messages; the events that arrived meanwhile stay pending.
 func (c *coalescer) drop(b *batch) {
-	c.finish(b, true, time.Time{})
+	c.finish(b, true, time.Time{}, time.Time{})
+}
+
+// prune forgets coverage and task sightings older than horizon.
+func (c *coalescer) prune(horizon time.Time) {
+	for k, t := range c.covered {
+		if t.Before(horizon) {
+			delete(c.covered, k)
+		}
+	}
+	for k, t := range c.taskSeen {
+		if t.Before(horizon) {
+			delete(c.taskSeen, k)
+		}
+	}
 }
 
 // nackIdle nacks and forgets every batch that is not running (shutdown), and

@@ -57,11 +57,11 @@ func TestCoalesceOneSave(t *testing.T) {
 	if task.events != 2 || task.trig.Event != "update:task" || task.trig.Coalesced != 2 || task.trig.JobID != 0 {
 		t.Errorf("task batch: events %d trigger %+v", task.events, task.trig)
 	}
-	if !due[0].sawTasks {
-		t.Error("project batch not told its task's events cover it")
+	if !c.tasksSeenSince(1, t0) {
+		t.Error("project 1 not told its task's events cover it")
 	}
-	c.finish(task, true, time.Time{})
-	c.finish(due[0], true, time.Time{})
+	c.finish(task, true, time.Time{}, time.Time{})
+	c.finish(due[0], true, time.Time{}, time.Time{})
 	for i, m := range ms {
 		if m.acked != 1 || m.nacked != 0 {
 			t.Errorf("message %d: acked %d nacked %d", i, m.acked, m.nacked)
@@ -84,7 +84,7 @@ func TestCoalesceBurstAndMaxWait(t *testing.T) {
 		c.add(item("update:job", 9, 14, 1), m, now)
 		for _, b := range c.due(now, 10) {
 			fired = append(fired, now)
-			c.finish(b, true, time.Time{})
+			c.finish(b, true, time.Time{}, time.Time{})
 		}
 		now = now.Add(5 * time.Second)
 	}
@@ -94,7 +94,7 @@ func TestCoalesceBurstAndMaxWait(t *testing.T) {
 	// Then the burst goes quiet: one more export for the rest.
 	for _, b := range c.due(now.Add(30*time.Second), 10) {
 		fired = append(fired, now)
-		c.finish(b, true, time.Time{})
+		c.finish(b, true, time.Time{}, time.Time{})
 	}
 	if len(fired) != 2 {
 		t.Errorf("exports %d, want 2 (max-wait, then quiet)", len(fired))
@@ -120,7 +120,7 @@ func TestCoalesceEventsDuringExportAndRetry(t *testing.T) {
 		t.Fatal("a second export of a running task")
 	}
 	// It fails: it waits for its retry and absorbs the newer events.
-	c.finish(run[0], false, t0.Add(20*time.Second))
+	c.finish(run[0], false, t0.Add(20*time.Second), time.Time{})
 	if got := c.due(t0.Add(15*time.Second), 10); len(got) != 0 {
 		t.Fatal("retried before its backoff")
 	}
@@ -129,7 +129,7 @@ func TestCoalesceEventsDuringExportAndRetry(t *testing.T) {
 	if len(run) != 1 || run[0].attempts != 2 || run[0].deleted == nil || run[0].events != 3 {
 		t.Fatalf("retry batch: %+v", run)
 	}
-	c.finish(run[0], true, time.Time{})
+	c.finish(run[0], true, time.Time{}, time.Time{})
 	for i, m := range []*msg{a, b, d} {
 		if m.acked != 1 || m.nacked != 0 {
 			t.Errorf("message %d: acked %d nacked %d", i, m.acked, m.nacked)
@@ -150,7 +150,7 @@ func TestCoalesceShutdownNacks(t *testing.T) {
 	if waiting.nacked != 1 || idle.nacked != 1 || running.nacked != 0 {
 		t.Errorf("nacks: waiting %d idle %d running %d", waiting.nacked, idle.nacked, running.nacked)
 	}
-	c.finish(run[0], true, time.Time{})
+	c.finish(run[0], true, time.Time{}, time.Time{})
 	if running.acked != 1 {
 		t.Error("running batch not acked when done")
 	}
@@ -167,5 +167,60 @@ func TestDueRespectsLimit(t *testing.T) {
 	}
 	if rest := c.due(t0.Add(time.Hour), 10); len(rest) != 3 {
 		t.Errorf("then %d more, want 3", len(rest))
+	}
+}
+
+// TestCovered: with ordered delivery the events behind a held one arrive only
+// after its run; those received before that run started are acked at once.
+func TestCovered(t *testing.T) {
+	c := newCoalescer(time.Second, time.Minute)
+	first := &msg{}
+	it := item("update:job", 9, 14, 1)
+	it.ReceivedAt = t0
+	c.add(it, first, t0)
+	run := c.due(t0.Add(2*time.Second), 10)
+	c.finish(run[0], true, time.Time{}, t0.Add(5*time.Second))
+
+	tests := []struct {
+		name     string
+		event    string
+		received time.Time
+		held     bool
+	}{
+		{"received long before the run", "update:task", t0.Add(time.Second), false},
+		{"received within the margin", "update:task", t0.Add(4900 * time.Millisecond), true},
+		{"received after the run started", "update:job", t0.Add(6 * time.Second), true},
+		{"deletion is never covered", "delete:task", t0.Add(time.Second), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := &msg{}
+			it := item(tt.event, 9, 0, 1)
+			it.ReceivedAt = tt.received
+			if held := c.add(it, m, t0.Add(7*time.Second)); held != tt.held {
+				t.Errorf("held = %v, want %v", held, tt.held)
+			}
+			if !tt.held && m.acked != 1 {
+				t.Error("covered item not acked")
+			}
+			delete(c.batches, "task-9")
+		})
+	}
+	c.prune(t0.Add(time.Hour))
+	if len(c.covered) != 0 {
+		t.Error("prune kept old coverage")
+	}
+}
+
+func TestPostponeKeepsAttempts(t *testing.T) {
+	c := newCoalescer(time.Second, time.Minute)
+	c.add(item("update:task", 1, 0, 0), &msg{}, t0)
+	b := c.due(t0.Add(2*time.Second), 1)[0]
+	c.postpone(b, t0.Add(10*time.Second))
+	if got := c.due(t0.Add(5*time.Second), 1); len(got) != 0 {
+		t.Fatal("due before the postponement ends")
+	}
+	if got := c.due(t0.Add(11*time.Second), 1); len(got) != 1 || got[0].attempts != 1 {
+		t.Fatalf("after postponement: %v", got)
 	}
 }

@@ -89,15 +89,31 @@ var ErrGone = errors.New("task no longer exists in CVAT")
 // returns one Result per format and an error if any format failed (ErrGone,
 // wrapped, if the task is gone).
 func (e *Exporter) Export(ctx context.Context, id int64, trig Trigger) ([]Result, error) {
+	task, err := e.ReadTask(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return e.ExportState(ctx, task, trig)
+}
+
+// ReadTask reads a task's current state from CVAT; ErrGone (wrapped) when it
+// no longer exists.
+func (e *Exporter) ReadTask(ctx context.Context, id int64) (cvatapi.Task, error) {
 	task, err := e.CVAT.Task(ctx, id)
 	if errors.Is(err, cvatapi.ErrNotFound) {
 		e.Metrics.exports.WithLabelValues("all", string(OutcomeGone)).Inc()
-		return nil, fmt.Errorf("export task %d: %w", id, ErrGone)
+		return task, fmt.Errorf("export task %d: %w", id, ErrGone)
 	}
 	if err != nil {
 		e.Metrics.exports.WithLabelValues("all", string(OutcomeFailed)).Inc()
-		return nil, fmt.Errorf("export task %d: %w", id, err)
+		return task, fmt.Errorf("export task %d: %w", id, err)
 	}
+	return task, nil
+}
+
+// ExportState exports task, as just read from CVAT, in every configured
+// format.
+func (e *Exporter) ExportState(ctx context.Context, task cvatapi.Task, trig Trigger) ([]Result, error) {
 	info := e.cvatInfo(ctx)
 	var errs []error
 	results := make([]Result, 0, len(e.Formats))

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -153,7 +152,12 @@ loop:
 		}
 	}
 
+	// Stop pulling before nacking: a nacked message must go to another
+	// replica, not back to this draining one (each round trip would spend a
+	// delivery attempt and could dead-letter it). The client flushes the
+	// nacks and acks below before Receive returns.
 	w.draining.Store(true)
+	stopRecv()
 	w.mu.Lock()
 	nacked := w.c.nackIdle()
 	w.mu.Unlock()
@@ -171,7 +175,6 @@ loop:
 	nacked += w.c.nackIdle()
 	w.mu.Unlock()
 	w.cfg.Log.Info("worker drained", "nacked", nacked)
-	stopRecv()
 	if recvDone != nil {
 		recvErr = <-recvDone
 	}
@@ -213,8 +216,11 @@ func (w *Worker) receive(ctx context.Context, m *pubsub.Message) {
 		w.m.items.WithLabelValues("project").Inc()
 	}
 	w.mu.Lock()
-	w.c.add(it, m, w.cfg.Now())
+	held := w.c.add(it, m, w.cfg.Now())
 	w.mu.Unlock()
+	if !held {
+		w.m.coalesced.Inc()
+	}
 }
 
 // triggers applies the trigger policy to an item.
@@ -252,26 +258,35 @@ func (w *Worker) dispatch(ctx context.Context) {
 	}
 }
 
+// busyError postpones a batch whose task is still being changed in CVAT.
+type busyError struct{ until time.Time }
+
+func (e busyError) Error() string { return "task still busy until " + e.until.String() }
+
 // process runs one batch and settles its messages.
 func (w *Worker) process(ctx context.Context, b *batch) {
-	err := w.runBatch(ctx, b)
+	started, err := w.runBatch(ctx, b)
 	now := w.cfg.Now()
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	var busy busyError
 	switch {
 	case err == nil:
 		w.m.coalesced.Add(float64(max(b.events-1, 0)))
 		w.m.latency.Observe(now.Sub(b.first).Seconds())
-		w.c.finish(b, true, time.Time{})
+		w.c.finish(b, true, time.Time{}, started)
+		w.c.prune(now.Add(-w.cfg.MaxWait - time.Hour))
+	case errors.As(err, &busy):
+		w.c.postpone(b, busy.until)
 	case w.draining.Load():
-		w.c.finish(b, false, now)
+		w.c.finish(b, false, now, time.Time{})
 	case b.attempts >= w.cfg.MaxAttempts:
 		w.mu.Unlock()
 		dlErr := w.deadLetter(ctx, b, err)
 		w.mu.Lock()
 		if dlErr != nil {
 			w.cfg.Log.Error("dead-lettering failed; will retry", "key", b.key, "error", dlErr.Error())
-			w.c.finish(b, false, now.Add(w.cfg.RetryMax))
+			w.c.finish(b, false, now.Add(w.cfg.RetryMax), time.Time{})
 			return
 		}
 		w.c.drop(b)
@@ -280,12 +295,15 @@ func (w *Worker) process(ctx context.Context, b *batch) {
 		w.m.retries.Inc()
 		w.cfg.Log.Warn("export failed; will retry", "key", b.key, "attempt", b.attempts,
 			"max_attempts", w.cfg.MaxAttempts, "retry_in", wait.String(), "error", err.Error())
-		w.c.finish(b, false, now.Add(wait))
+		w.c.finish(b, false, now.Add(wait), time.Time{})
 	}
 }
 
-func (w *Worker) runBatch(ctx context.Context, b *batch) error {
+// runBatch does a batch's work and returns when it started looking at the
+// state it acted on.
+func (w *Worker) runBatch(ctx context.Context, b *batch) (time.Time, error) {
 	e := w.cfg.Exporter
+	started := w.cfg.Now()
 	switch {
 	case b.deleted != nil:
 		d := b.deleted
@@ -293,22 +311,44 @@ func (w *Worker) runBatch(ctx context.Context, b *batch) error {
 		if d.OrganizationID != 0 {
 			t.Organization = &sink.Organization{ID: d.OrganizationID}
 		}
-		return e.Delete(ctx, t, b.trig)
+		return started, e.Delete(ctx, t, b.trig)
 	case b.taskID != 0:
-		_, err := e.Export(ctx, b.taskID, b.trig)
+		task, err := e.ReadTask(ctx, b.taskID)
 		if errors.Is(err, ErrGone) {
-			w.cfg.Log.Info("task gone before its export; its deletion is announced by delete:task", "task_id", b.taskID)
-			return nil
+			w.cfg.Log.Info("task gone before its export; delete:task announces it", "task_id", b.taskID)
+			return started, nil
 		}
-		return err
-	case b.projectID != 0 && !b.sawTasks:
+		if err != nil {
+			return started, err
+		}
+		// Export once the task has been quiet for the debounce window, by
+		// CVAT's own account, or when the max-wait is up.
+		if quietAt := task.UpdatedDate.Add(w.cfg.Debounce); started.Before(quietAt) && started.Sub(b.first) < w.cfg.MaxWait {
+			return started, busyError{until: minTime(quietAt, b.first.Add(w.cfg.MaxWait))}
+		}
+		_, err = e.ExportState(ctx, task, b.trig)
+		return started, err
+	case b.projectID != 0:
+		w.mu.Lock()
+		covered := w.c.tasksSeenSince(b.projectID, b.first.Add(-w.cfg.Debounce))
+		w.mu.Unlock()
+		if covered {
+			return started, nil
+		}
 		n, err := enqueueMissing(ctx, e, w.cfg.Queue, cvatapi.TaskFilter{ProjectID: b.projectID}, "project", w.cfg.Now)
 		if n > 0 {
 			w.m.enqueued.WithLabelValues("project").Add(float64(n))
 		}
-		return err
+		return started, err
 	}
-	return nil
+	return started, nil
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 func (w *Worker) deadLetter(ctx context.Context, b *batch, cause error) error {
@@ -372,7 +412,5 @@ func enqueueMissing(ctx context.Context, e *Exporter, q Enqueuer, f cvatapi.Task
 	})
 	return n, err
 }
-
-func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
 func nullID(n int64) sink.NullID { return sink.NullID(n) }
