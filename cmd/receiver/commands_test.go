@@ -159,7 +159,9 @@ func TestEmbeddedExportTailAndRestart(t *testing.T) {
 	tailOut := &syncBuffer{}
 	tailCtx, stopTail := context.WithCancel(context.Background())
 	tailDone := make(chan error, 1)
-	go func() { tailDone <- run(tailCtx, []string{"receiver", "outbox", "tail", "--limit", "1"}, envMap(env), tailOut) }()
+	go func() {
+		tailDone <- run(tailCtx, []string{"receiver", "outbox", "tail", "--limit", "1"}, envMap(env), tailOut)
+	}()
 	ps := embeddedPubSub(t, dir)
 	waitFor(t, 20*time.Second, "the tail subscription", func() bool {
 		it := ps.SubscriptionAdminClient.ListSubscriptions(context.Background(), &pubsubpb.ListSubscriptionsRequest{Project: "projects/cvat-sync-local"})
@@ -265,4 +267,3 @@ func listNames(t *testing.T, c *storage.Client, bucket string) []string {
 		names = append(names, a.Name)
 	}
 }
-

@@ -29,6 +29,7 @@ import (
 	"testing"
 	"time"
 
+	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 	"cloud.google.com/go/pubsub/v2/pstest"
 	"github.com/fsouza/fake-gcs-server/fakestorage"
 	"google.golang.org/grpc/codes"
@@ -307,17 +308,28 @@ type emulators struct {
 	gcs      *fakestorage.Server
 	proxy    *httptest.Server
 	psFail   atomic.Pointer[codes.Code] // Publish fails with this code while set
+	psTopic  atomic.Pointer[string]     // ... only to this topic (short name), when set
+	gcsFaults atomic.Int64 // answers the GCS proxy replaced
+	psFails  atomic.Int64               // publishes failed so far
 	gcsFault atomic.Pointer[func(*http.Request) int]
 }
 
-// publishReactor fails Publish while emulators.psFail is set.
+// publishReactor fails Publish while emulators.psFail is set (to the topic
+// psTopic, when that is set).
 type publishReactor struct{ e *emulators }
 
-func (p publishReactor) React(any) (bool, any, error) {
-	if c := p.e.psFail.Load(); c != nil {
-		return true, nil, status.Error(*c, "injected by the test")
+func (p publishReactor) React(req any) (bool, any, error) {
+	c := p.e.psFail.Load()
+	if c == nil {
+		return false, nil, nil
 	}
-	return false, nil, nil
+	if topic := p.e.psTopic.Load(); topic != nil {
+		if pr, ok := req.(*pubsubpb.PublishRequest); !ok || !strings.HasSuffix(pr.GetTopic(), "/topics/"+*topic) {
+			return false, nil, nil
+		}
+	}
+	p.e.psFails.Add(1)
+	return true, &pubsubpb.PublishResponse{}, status.Error(*c, "injected by the test")
 }
 
 func newEmulators(t testing.TB) *emulators {
@@ -326,8 +338,8 @@ func newEmulators(t testing.TB) *emulators {
 	e.ps = pstest.NewServerWithAddress("127.0.0.1:0", pstest.ServerReactorOption{FuncName: "Publish", Reactor: publishReactor{e}})
 	t.Cleanup(func() { e.ps.Close() })
 
-	e.proxy = httptest.NewUnstartedServer(nil)
-	e.proxy.Start()
+	var handler http.Handler
+	e.proxy = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { handler.ServeHTTP(w, r) }))
 	gcs, err := fakestorage.NewServerWithOptions(fakestorage.Options{
 		Scheme: "http", Host: "127.0.0.1", Port: 0, Writer: io.Discard,
 		StorageRoot: filepath.Join(t.TempDir(), "gcs"),
@@ -348,9 +360,10 @@ func newEmulators(t testing.TB) *emulators {
 		return nil
 	}
 	rp.ErrorLog = log.New(io.Discard, "", 0) // clients that hang up are part of the tests
-	e.proxy.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if f := e.gcsFault.Load(); f != nil {
 			if code := (*f)(r); code != 0 {
+				e.gcsFaults.Add(1)
 				w.Header().Set("Content-Type", "application/json")
 				w.WriteHeader(code)
 				fmt.Fprintf(w, `{"error":{"code":%d,"message":"injected by the test"}}`, code)
@@ -359,6 +372,7 @@ func newEmulators(t testing.TB) *emulators {
 		}
 		rp.ServeHTTP(w, r)
 	})
+	e.proxy.Start() // only now: the handler is in place
 	t.Cleanup(e.proxy.Close)
 	return e
 }
