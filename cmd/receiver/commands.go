@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -56,9 +55,6 @@ func backfill(ctx context.Context, args []string, getenv func(string) string, st
 		fs.BoolVar(&dryRun, "dry-run", false, "list what would be exported; export nothing")
 	})
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
 		return err
 	}
 	filter := cvatapi.TaskFilter{ProjectID: project}
@@ -159,6 +155,15 @@ func progressBar(w io.Writer) func(done, total int, t cvatapi.Task, outcome stri
 	}
 }
 
+// ensureWebhook makes CVAT have the webhook that points at this service.
+func ensureWebhook(ctx context.Context, cv *cvatapi.Client, cfg config.Config) (cvatapi.Webhook, bool, error) {
+	spec, err := webhookSpec(ctx, cv, cfg)
+	if err != nil {
+		return cvatapi.Webhook{}, false, err
+	}
+	return cv.EnsureWebhook(ctx, spec)
+}
+
 // webhookSpec is the CVAT webhook that points at this service.
 func webhookSpec(ctx context.Context, cv *cvatapi.Client, cfg config.Config) (cvatapi.WebhookSpec, error) {
 	spec := cvatapi.WebhookSpec{
@@ -206,22 +211,14 @@ func versionBefore(v string, major, minor, patch int) bool {
 func webhookRegister(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	cfg, _, err := loadConfig("webhook register", args, getenv, stdout, config.NeedsCVAT|config.NeedsSecret|config.NeedsPublicURL, nil)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
 		return err
 	}
-	log := commandLogger(cfg, stdout)
-	cv, err := newCVAT(cfg, cfg.WebhookOrg, nil, log)
+	cv, err := newCVAT(cfg, cfg.WebhookOrg, nil, commandLogger(cfg, stdout))
 	if err != nil {
 		return err
 	}
 	defer cv.Close()
-	spec, err := webhookSpec(ctx, cv, cfg)
-	if err != nil {
-		return err
-	}
-	wh, changed, err := cv.EnsureWebhook(ctx, spec)
+	wh, changed, err := ensureWebhook(ctx, cv, cfg)
 	if err != nil {
 		return fmt.Errorf("webhook register: %w", err)
 	}
@@ -238,13 +235,9 @@ func webhookPing(ctx context.Context, args []string, getenv func(string) string,
 		fs.Int64Var(&id, "id", 0, "CVAT webhook id (default: the one webhook register manages, found by CVAT_SYNC_PUBLIC_URL)")
 	})
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
 		return err
 	}
-	log := commandLogger(cfg, stdout)
-	cv, err := newCVAT(cfg, cfg.WebhookOrg, nil, log)
+	cv, err := newCVAT(cfg, cfg.WebhookOrg, nil, commandLogger(cfg, stdout))
 	if err != nil {
 		return err
 	}
@@ -253,11 +246,7 @@ func webhookPing(ctx context.Context, args []string, getenv func(string) string,
 		if cfg.PublicURL == "" || len(cfg.WebhookSecrets) == 0 {
 			return usageError("webhook ping: give --id, or CVAT_SYNC_PUBLIC_URL and the webhook secret to find the webhook")
 		}
-		spec, err := webhookSpec(ctx, cv, cfg)
-		if err != nil {
-			return err
-		}
-		wh, _, err := cv.EnsureWebhook(ctx, spec)
+		wh, _, err := ensureWebhook(ctx, cv, cfg)
 		if err != nil {
 			return fmt.Errorf("webhook ping: %w", err)
 		}
@@ -290,9 +279,6 @@ func outboxTail(ctx context.Context, args []string, getenv func(string) string, 
 		fs.IntVar(&limit, "limit", 0, "stop after this many notices (0: until interrupted)")
 	})
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
 		return err
 	}
 	log := commandLogger(cfg, os.Stderr)

@@ -57,6 +57,14 @@ func usageError(format string, a ...any) error {
 // run is the whole program; main only supplies the process's context,
 // arguments, environment and standard output.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	err := dispatch(ctx, args, getenv, stdout)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil // the command printed its usage
+	}
+	return err
+}
+
+func dispatch(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	cmd, rest := "serve", args[1:]
 	if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
 		cmd, rest = rest[0], rest[1:]

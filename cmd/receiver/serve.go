@@ -80,9 +80,6 @@ func newRegistry() *prometheus.Registry {
 func serve(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	cfg, _, err := loadConfig("serve", args, getenv, stdout, config.NeedsSecret, nil)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
 		return err
 	}
 	log := newLogger(stdout, cfg.LogLevel)
