@@ -318,10 +318,10 @@ func (e *Env) EnsureBucket(ctx context.Context, name string) error {
 		}
 	}
 	if errors.Is(err, storage.ErrBucketNotExist) {
-		return fmt.Errorf("bucket gs://%s does not exist: create it (gcloud storage buckets create gs://%s) and grant the service account roles/storage.objectCreator and roles/storage.objectViewer on it", name, name)
+		return fmt.Errorf("bucket gs://%s does not exist: create it (gcloud storage buckets create gs://%s) and grant the service account roles/storage.legacyBucketReader and roles/storage.objectUser on it (docs/deploy.md)", name, name)
 	}
 	if err != nil {
-		return fmt.Errorf("bucket gs://%s: %w (the service account needs roles/storage.objectViewer and roles/storage.objectCreator on it)", name, err)
+		return fmt.Errorf("bucket gs://%s: %w (the service account needs roles/storage.legacyBucketReader, for storage.buckets.get, and roles/storage.objectUser on it; docs/deploy.md)", name, err)
 	}
 	return nil
 }
