@@ -304,14 +304,14 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 // emulators are an external Pub/Sub (pstest) and GCS (fake-gcs-server
 // behind a reverse proxy that can inject faults) in this process.
 type emulators struct {
-	ps       *pstest.Server
-	gcs      *fakestorage.Server
-	proxy    *httptest.Server
-	psFail   atomic.Pointer[codes.Code] // Publish fails with this code while set
-	psTopic  atomic.Pointer[string]     // ... only to this topic (short name), when set
-	gcsFaults atomic.Int64 // answers the GCS proxy replaced
-	psFails  atomic.Int64               // publishes failed so far
-	gcsFault atomic.Pointer[func(*http.Request) int]
+	ps        *pstest.Server
+	gcs       *fakestorage.Server
+	proxy     *httptest.Server
+	psFail    atomic.Pointer[codes.Code] // Publish fails with this code while set
+	psTopic   atomic.Pointer[string]     // ... only to this topic (short name), when set
+	gcsFaults atomic.Int64               // answers the GCS proxy replaced
+	psFails   atomic.Int64               // publishes failed so far
+	gcsFault  atomic.Pointer[func(*http.Request) int]
 }
 
 // publishReactor fails Publish while emulators.psFail is set (to the topic

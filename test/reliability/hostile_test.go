@@ -71,6 +71,7 @@ func hostileEnv(t *testing.T) (*receiver, *emulators) {
 // "stored" answer, no answer may be a 5xx, no answer may echo a secret, and
 // the process must stay up.
 func TestHostileInput(t *testing.T) {
+	t.Parallel()
 	r, em := hostileEnv(t)
 	ctx := context.Background()
 	stored := 0
