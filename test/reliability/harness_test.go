@@ -226,22 +226,6 @@ func (r *receiver) kill() {
 	<-r.done
 }
 
-// stop sends SIGTERM and waits for the exit (SIGKILL after 30 s).
-func (r *receiver) stop() {
-	select {
-	case <-r.done:
-		return
-	default:
-	}
-	_ = r.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-r.done:
-	case <-time.After(30 * time.Second):
-		r.t.Errorf("receiver did not stop within 30s of SIGTERM")
-		r.kill()
-	}
-}
-
 // alive reports whether the process still runs.
 func (r *receiver) alive() bool {
 	select {
@@ -404,11 +388,11 @@ func (e *emulators) messages(topic string) []*pstest.Message {
 
 // objects lists the objects in bucket (none when it does not exist yet).
 func (e *emulators) objects(bucket string) []fakestorage.ObjectAttrs {
-	objs, _, err := e.gcs.ListObjectsWithOptions(bucket, fakestorage.ListOptions{})
+	resp, err := e.gcs.ListObjectsWithOptionsPaginated(bucket, fakestorage.ListOptions{})
 	if err != nil {
 		return nil
 	}
-	return objs
+	return resp.Objects
 }
 
 // post sends body to url with the given headers and returns the status and
