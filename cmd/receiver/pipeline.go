@@ -99,11 +99,21 @@ func (p *cvatProbe) check(context.Context) error {
 	return p.err
 }
 
-// startPipeline starts the worker and the reconciler. The returned function
-// stops them: pending work is nacked, running exports get until the grace
-// deadline.
+// pipelineHandle is a running worker and reconciler.
+type pipelineHandle struct {
+	// failed receives the worker's error if it stops on its own (the inbox
+	// subscription is gone or not readable); serve then shuts down so that
+	// Kubernetes restarts it instead of accepting work nobody exports.
+	failed <-chan error
+	stop   func(deadline time.Time) error
+}
+
+// startPipeline starts the worker and the reconciler. They run until stop is
+// called, not until ctx ends: on SIGTERM serve first drains its HTTP server,
+// then stops them with the time left of the grace period, which running
+// exports may use.
 func startPipeline(ctx context.Context, env *cloud.Env, cv *cvatapi.Client, queue *inbox.Queue, cfg config.Config,
-	reg prometheus.Registerer, log *slog.Logger) (stop func(deadline time.Time) error, err error) {
+	reg prometheus.Registerer, log *slog.Logger) (*pipelineHandle, error) {
 	s := newSinks(env, cfg, reg, log)
 	exp := newExporter(cv, s, cfg, log)
 	dlq := inbox.NewDeadLetters(env.PubSub.Publisher(cfg.DeadLetterTopic))
@@ -128,24 +138,36 @@ func startPipeline(ctx context.Context, env *cloud.Env, cv *cvatapi.Client, queu
 		dlq.Stop()
 		return nil, err
 	}
-	runCtx, cancel := context.WithCancel(ctx)
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	var deadline time.Time
 	var mu sync.Mutex
 	done := make(chan error, 1)
+	failed := make(chan error, 1)
 	go func() {
-		done <- w.Run(runCtx, func() (context.Context, context.CancelFunc) {
+		err := w.Run(runCtx, func() (context.Context, context.CancelFunc) {
 			mu.Lock()
 			defer mu.Unlock()
-			return context.WithDeadline(context.WithoutCancel(ctx), deadline)
+			if deadline.IsZero() { // stopped on its own: no grace to wait for
+				return context.WithCancel(runCtx)
+			}
+			return context.WithDeadline(context.WithoutCancel(runCtx), deadline)
 		})
+		if runCtx.Err() == nil {
+			if err == nil {
+				err = errors.New("worker stopped")
+			}
+			log.Error("worker stopped on its own; shutting down", "error", err.Error())
+			failed <- err
+		}
+		done <- err
 	}()
 	rec := &pipeline.Reconciler{Exporter: exp, Queue: queue, Interval: cfg.ReconcileInterval, Metrics: metrics,
-		Log: log.With("component", "reconciler")}
+		Log: log.With("component", "reconciler"), OnlyCompleted: cfg.Trigger == pipeline.TriggerCompleted}
 	var recWG sync.WaitGroup
 	recWG.Add(1)
 	go func() { defer recWG.Done(); rec.Run(runCtx) }()
 
-	return func(d time.Time) error {
+	return &pipelineHandle{failed: failed, stop: func(d time.Time) error {
 		mu.Lock()
 		deadline = d
 		mu.Unlock()
@@ -155,5 +177,5 @@ func startPipeline(ctx context.Context, env *cloud.Env, cv *cvatapi.Client, queu
 		s.stop()
 		dlq.Stop()
 		return err
-	}, nil
+	}}, nil
 }

@@ -54,7 +54,10 @@ func openCloud(ctx context.Context, cfg config.Config, getenv func(string) strin
 		func() error {
 			return env.EnsureSubscription(ctx, cfg.InboxSubscription, cfg.InboxTopic, cloud.SubscriptionOptions{
 				AckDeadline: 20 * time.Second, Ordering: true, DeadLetterTopic: cfg.DeadLetterTopic,
-				MaxAttempts: cfg.MaxAttempts, MinBackoff: 10 * time.Second, MaxBackoff: 10 * time.Minute,
+				// Pub/Sub's own dead-lettering is the backstop for messages that
+				// crash replicas; shutdown nacks spend deliveries too, so it
+				// allows more than the worker's in-process attempts.
+				MaxAttempts: min(max(4*cfg.MaxAttempts, 20), 100), MinBackoff: 10 * time.Second, MaxBackoff: 10 * time.Minute,
 			})
 		},
 		func() error { return env.EnsureBucket(ctx, cfg.GCSBucket) },
@@ -95,7 +98,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	defer env.Close()
 
-	queue := inbox.NewQueue(env.PubSub.Publisher(cfg.InboxTopic), 9*time.Second)
+	// The inbox publisher gives up before the webhook handler does, so a
+	// failed publish has resumed its ordering key by the time the handler
+	// answers 503, and CVAT's retry is not refused as "paused".
+	queue := inbox.NewQueue(env.PubSub.Publisher(cfg.InboxTopic), 6*time.Second)
+	defer queue.Stop()
 	checks := []webhook.Check{
 		{Name: "pubsub", Required: true, Run: func(ctx context.Context) error {
 			return env.Check(ctx, cfg.InboxTopic, cfg.GCSBucket)["pubsub"]
@@ -104,35 +111,41 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			return env.Check(ctx, cfg.InboxTopic, cfg.GCSBucket)["gcs"]
 		}},
 	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("CVAT_SYNC_LISTEN %s: %w", cfg.Listen, err)
+	}
+	defer ln.Close()
 
 	// The pipeline needs CVAT; without a CVAT URL the service still stores
 	// every event in the inbox, for a later run to export.
-	var stopPipeline func(time.Time) error
-	var bg sync.WaitGroup
-	bgCtx, stopBG := context.WithCancel(ctx)
-	defer func() { stopBG(); bg.Wait() }()
+	var pipe *pipelineHandle
 	if cfg.CVATURL == "" {
 		log.Warn("CVAT_SYNC_CVAT_URL is not set: webhooks are stored in the inbox but nothing is exported")
 	} else {
 		cv, err := newCVAT(cfg, cfg.CVATOrg, reg, log.With("component", "cvat"))
 		if err != nil {
-			queue.Stop()
 			return err
 		}
 		defer cv.Close()
 		if err := checkFormats(ctx, cv, cfg.ExportFormats, log); err != nil {
-			queue.Stop()
 			return err
 		}
 		probe := &cvatProbe{err: errors.New("not checked yet")}
+		var bg sync.WaitGroup
+		bgCtx, stopBG := context.WithCancel(ctx)
+		defer func() { stopBG(); bg.Wait() }()
 		bg.Add(1)
 		go func() { defer bg.Done(); probe.run(bgCtx, cv, 30*time.Second) }()
 		checks = append(checks, webhook.Check{Name: "cvat", Required: false, Run: probe.check})
-		stopPipeline, err = startPipeline(ctx, env, cv, queue, cfg, reg, log)
-		if err != nil {
-			queue.Stop()
+		if pipe, err = startPipeline(ctx, env, cv, queue, cfg, reg, log); err != nil {
 			return err
 		}
+	}
+	var pipeFailed <-chan error
+	stopPipe := func(deadline time.Time) error { return nil }
+	if pipe != nil {
+		pipeFailed, stopPipe = pipe.failed, pipe.stop
 	}
 
 	srv, err := webhook.New(webhook.Config{
@@ -145,12 +158,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		Checks:       checks,
 	})
 	if err != nil {
-		return err
-	}
-
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("CVAT_SYNC_LISTEN %s: %w", cfg.Listen, err)
+		return errors.Join(err, stopPipe(time.Now().Add(cfg.ShutdownGrace)))
 	}
 	hs := srv.HTTPServer()
 	serveErr := make(chan error, 1)
@@ -163,6 +171,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	case err := <-serveErr:
 		shutdownErr = fmt.Errorf("http server: %w", err)
 		serveErr <- nil
+	case err := <-pipeFailed:
+		shutdownErr = fmt.Errorf("pipeline: %w", err)
 	case <-ctx.Done():
 	}
 
@@ -178,10 +188,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		shutdownErr = errors.Join(shutdownErr, err)
 	}
-	if stopPipeline != nil {
-		shutdownErr = errors.Join(shutdownErr, stopPipeline(deadline.Add(-time.Second)))
-	}
-	queue.Stop()
+	shutdownErr = errors.Join(shutdownErr, stopPipe(deadline.Add(-time.Second)))
 	if shutdownErr != nil {
 		log.Error("shutdown incomplete", "error", shutdownErr.Error())
 		return shutdownErr

@@ -189,5 +189,22 @@ func (d *DeadLetters) Send(ctx context.Context, it Item, reason string, attempts
 	return nil
 }
 
+// SendRaw publishes a message that could not be read, as it came, with the
+// reason.
+func (d *DeadLetters) SendRaw(ctx context.Context, data []byte, attrs map[string]string, reason string) error {
+	m := &pubsub.Message{Data: data, Attributes: map[string]string{}}
+	for k, v := range attrs {
+		m.Attributes[k] = v
+	}
+	if len(reason) > 1024 {
+		reason = reason[:1024]
+	}
+	m.Attributes["reason"] = reason
+	if _, err := d.pub.Publish(ctx, m).Get(ctx); err != nil {
+		return fmt.Errorf("dead-letter an unreadable message: %w", err)
+	}
+	return nil
+}
+
 // Stop flushes and stops the publisher.
 func (d *DeadLetters) Stop() { d.pub.Stop() }

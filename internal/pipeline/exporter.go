@@ -166,7 +166,11 @@ func (e *Exporter) exportFormat(ctx context.Context, task cvatapi.Task, format s
 		r.Outcome, r.Err = OutcomeFailed, fmt.Errorf("export task %d as %q: publish notice for %s: %w", task.ID, format, obj.URI, err)
 		return r
 	}
-	if err := e.Archives.MarkPublished(ctx, obj, msgID); err != nil {
+	// The notice is out: record it even if the export is being cancelled
+	// (shutdown), or the next run would announce the object again.
+	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := e.Archives.MarkPublished(mctx, obj, msgID); err != nil {
 		// The notice is out; a replay republishes the same export_id, which
 		// consumers de-duplicate. Not worth failing the export for.
 		e.Log.Warn("could not mark archive published", "task_id", task.ID, "format", format, "object", obj.Name, "error", err.Error())

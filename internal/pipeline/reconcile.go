@@ -21,10 +21,13 @@ type Reconciler struct {
 	Interval time.Duration
 	// Slack widens each pass's window backwards, for clock skew between
 	// CVAT and us and for tasks saved while the previous pass listed.
-	Slack   time.Duration
-	Metrics *Metrics
-	Log     *slog.Logger
-	Now     func() time.Time
+	Slack time.Duration
+	// OnlyCompleted restricts the pass to completed tasks (trigger policy
+	// "completed").
+	OnlyCompleted bool
+	Metrics       *Metrics
+	Log           *slog.Logger
+	Now           func() time.Time
 
 	last time.Time // start of the last successful pass; zero: none yet
 }
@@ -57,7 +60,7 @@ func (r *Reconciler) Pass(ctx context.Context) (int, error) {
 	if !r.last.IsZero() {
 		f.UpdatedSince = r.last.Add(-r.slack())
 	}
-	n, err := enqueueMissing(ctx, r.Exporter, r.Queue, f, "reconcile", r.now)
+	n, err := enqueueMissing(ctx, r.Exporter, r.Queue, f, "reconcile", r.OnlyCompleted, r.now)
 	if n > 0 {
 		r.Metrics.enqueued.WithLabelValues("reconcile").Add(float64(n))
 	}

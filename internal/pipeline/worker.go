@@ -26,6 +26,7 @@ type Enqueuer interface {
 // DeadLetters receives work given up on, with the reason.
 type DeadLetters interface {
 	Send(ctx context.Context, it inbox.Item, reason string, attempts int) error
+	SendRaw(ctx context.Context, data []byte, attrs map[string]string, reason string) error
 }
 
 // Trigger policies.
@@ -156,7 +157,9 @@ loop:
 	// replica, not back to this draining one (each round trip would spend a
 	// delivery attempt and could dead-letter it). The client flushes the
 	// nacks and acks below before Receive returns.
+	w.mu.Lock()
 	w.draining.Store(true)
+	w.mu.Unlock()
 	stopRecv()
 	w.mu.Lock()
 	nacked := w.c.nackIdle()
@@ -186,20 +189,9 @@ loop:
 
 // receive folds one inbox message into its task's batch.
 func (w *Worker) receive(ctx context.Context, m *pubsub.Message) {
-	if w.draining.Load() {
-		m.Nack()
-		return
-	}
 	it, err := inbox.Decode(m)
 	if err != nil {
-		w.m.items.WithLabelValues("invalid").Inc()
-		w.cfg.Log.Error("unreadable inbox message", "message_id", m.ID, "error", err.Error())
-		if err := w.cfg.DeadLetters.Send(ctx, inbox.Item{Event: "invalid", Source: "inbox"}, err.Error(), 1); err != nil {
-			m.Nack()
-			return
-		}
-		w.m.deadLettered.WithLabelValues("invalid").Inc()
-		m.Ack()
+		w.unreadable(ctx, m, err)
 		return
 	}
 	if !w.triggers(it) {
@@ -216,11 +208,37 @@ func (w *Worker) receive(ctx context.Context, m *pubsub.Message) {
 		w.m.items.WithLabelValues("project").Inc()
 	}
 	w.mu.Lock()
+	// Checked under the lock that Run's drain takes, so no message is added
+	// after the drain has nacked what it holds.
+	if w.draining.Load() {
+		w.mu.Unlock()
+		m.Nack()
+		return
+	}
 	held := w.c.add(it, m, w.cfg.Now())
 	w.mu.Unlock()
 	if !held {
 		w.m.coalesced.Inc()
 	}
+}
+
+// unreadable handles an inbox message this version cannot decode. One of
+// another wire version (a rolling upgrade) is nacked for a replica that reads
+// it; anything else goes to the dead-letter topic whole, with the reason.
+func (w *Worker) unreadable(ctx context.Context, m *pubsub.Message, cause error) {
+	if v := m.Attributes["v"]; v != "" && v != inbox.Version {
+		w.m.items.WithLabelValues("other_version").Inc()
+		m.Nack()
+		return
+	}
+	w.m.items.WithLabelValues("invalid").Inc()
+	w.cfg.Log.Error("unreadable inbox message", "message_id", m.ID, "error", cause.Error())
+	if err := w.cfg.DeadLetters.SendRaw(ctx, m.Data, m.Attributes, cause.Error()); err != nil {
+		m.Nack()
+		return
+	}
+	w.m.deadLettered.WithLabelValues("invalid").Inc()
+	m.Ack()
 }
 
 // triggers applies the trigger policy to an item.
@@ -234,7 +252,9 @@ func (w *Worker) triggers(it inbox.Item) bool {
 	switch it.Resource {
 	case event.ResourceTask, event.ResourceJob:
 		if w.cfg.Trigger == TriggerCompleted {
-			return it.Status == "completed"
+			// Reaching completed: the status changed, to completed. Later
+			// saves of a completed job do not export again.
+			return it.Status == "completed" && it.PreviousStatus != "" && it.PreviousStatus != "completed"
 		}
 		return it.Action == "update" || it.Action == "create"
 	case event.ResourceProject:
@@ -315,7 +335,8 @@ func (w *Worker) runBatch(ctx context.Context, b *batch) (time.Time, error) {
 	case b.taskID != 0:
 		task, err := e.ReadTask(ctx, b.taskID)
 		if errors.Is(err, ErrGone) {
-			w.cfg.Log.Info("task gone before its export; delete:task announces it", "task_id", b.taskID)
+			// Also what a wrong X-Organization or missing rights look like.
+			w.cfg.Log.Warn("task not found in CVAT; nothing to export (deleted, or not visible to cvat-sync's CVAT user and organization)", "task_id", b.taskID)
 			return started, nil
 		}
 		if err != nil {
@@ -335,7 +356,7 @@ func (w *Worker) runBatch(ctx context.Context, b *batch) (time.Time, error) {
 		if covered {
 			return started, nil
 		}
-		n, err := enqueueMissing(ctx, e, w.cfg.Queue, cvatapi.TaskFilter{ProjectID: b.projectID}, "project", w.cfg.Now)
+		n, err := enqueueMissing(ctx, e, w.cfg.Queue, cvatapi.TaskFilter{ProjectID: b.projectID}, "project", false, w.cfg.Now)
 		if n > 0 {
 			w.m.enqueued.WithLabelValues("project").Add(float64(n))
 		}
@@ -390,11 +411,15 @@ func reasonClass(err error) string {
 	return "other"
 }
 
-// enqueueMissing lists the tasks f selects and enqueues those whose current
-// state is not exported in every format. It returns how many it enqueued.
-func enqueueMissing(ctx context.Context, e *Exporter, q Enqueuer, f cvatapi.TaskFilter, source string, now func() time.Time) (int, error) {
+// enqueueMissing lists the tasks f selects (only completed ones if
+// onlyCompleted) and enqueues those whose current state is not exported in
+// every format. It returns how many it enqueued.
+func enqueueMissing(ctx context.Context, e *Exporter, q Enqueuer, f cvatapi.TaskFilter, source string, onlyCompleted bool, now func() time.Time) (int, error) {
 	n := 0
 	err := e.CVAT.ListTasks(ctx, f, func(t cvatapi.Task) error {
+		if onlyCompleted && t.Status != "completed" {
+			return nil
+		}
 		missing, err := e.Missing(ctx, t)
 		if err != nil || len(missing) == 0 {
 			return err

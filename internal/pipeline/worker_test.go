@@ -202,26 +202,57 @@ func TestTriggerCompleted(t *testing.T) {
 	p := r.fake.AddProject(cvatfake.Project{Name: "p"})
 	task := r.fake.AddTask(cvatfake.Task{ProjectID: p.ID})
 	ctx := context.Background()
+	again := taskItem("update:job", task.ID, p.ID, "completed") // a save in a job completed earlier
 	for _, it := range []inbox.Item{
 		taskItem("update:job", task.ID, p.ID, "in progress"),
 		taskItem("update:task", task.ID, p.ID, "annotation"),
 		taskItem("update:project", 0, p.ID, ""),
+		again,
 	} {
 		if err := r.queue.Enqueue(ctx, it); err != nil {
 			t.Fatal(err)
 		}
 	}
-	waitUntil(t, "three skipped items", func() bool {
-		return testutil.ToFloat64(r.worker.m.items.WithLabelValues("skipped")) == 3
+	waitUntil(t, "four skipped items", func() bool {
+		return testutil.ToFloat64(r.worker.m.items.WithLabelValues("skipped")) == 4
 	})
 	if len(out()) != 0 || len(r.fake.CallsTo(http.MethodPost, "/api/tasks/{id}/dataset/export")) != 0 {
 		t.Fatal("exported without a completion")
 	}
-	if err := r.queue.Enqueue(ctx, taskItem("update:job", task.ID, p.ID, "completed")); err != nil {
+	reached := taskItem("update:job", task.ID, p.ID, "completed")
+	reached.PreviousStatus = "in progress"
+	if err := r.queue.Enqueue(ctx, reached); err != nil {
 		t.Fatal(err)
 	}
 	waitUntil(t, "the export on completion", func() bool { return len(out()) == 1 })
 	if got := out()[0].Attributes["kind"]; got != "task.exported" {
 		t.Errorf("kind %q", got)
+	}
+}
+
+// TestUnreadableInboxMessage: garbage goes to the dead-letter topic as it
+// came, with the reason; an item of another wire version is left for a
+// replica that reads it.
+func TestUnreadableInboxMessage(t *testing.T) {
+	r := newRig(t, TriggerUpdate, 3)
+	dead := r.receiveAll(t, "dead")
+	pub := r.client.Publisher("inbox")
+	defer pub.Stop()
+	ctx := context.Background()
+	if _, err := pub.Publish(ctx, &pubsub.Message{Data: []byte("not json"), Attributes: map[string]string{"v": "1"}}).Get(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the dead letter", func() bool { return len(dead()) == 1 })
+	if m := dead()[0]; string(m.Data) != "not json" || m.Attributes["v"] != "1" || !strings.Contains(m.Attributes["reason"], "unsupported") {
+		t.Errorf("dead letter %q %v", m.Data, m.Attributes)
+	}
+	if _, err := pub.Publish(ctx, &pubsub.Message{Data: []byte(`{}`), Attributes: map[string]string{"v": "2"}}).Get(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the v2 item nacked", func() bool {
+		return testutil.ToFloat64(r.worker.m.items.WithLabelValues("other_version")) >= 1
+	})
+	if len(dead()) != 1 {
+		t.Error("a newer item was dead-lettered")
 	}
 }
