@@ -147,32 +147,86 @@ func (e Envelope) Completed() bool {
 	return (e.Resource == ResourceJob || e.Resource == ResourceTask) && e.Status == "completed"
 }
 
+// envelope holds every top-level key Parse reads, so the body is decoded in
+// one pass; the resource object is kept raw and read by fromObject.
+type envelope struct {
+	Event        json.RawMessage `json:"event"`
+	WebhookID    json.RawMessage `json:"webhook_id"`
+	Sender       json.RawMessage `json:"sender"`
+	BeforeUpdate json.RawMessage `json:"before_update"`
+	Changes      json.RawMessage `json:"changes"`
+	// The resource object, under its name.
+	Project, Task, Job, Issue, Comment, Organization, Invitation, Membership, User, Webhook json.RawMessage
+	// Flat fields of the export-notification events.
+	Target   json.RawMessage `json:"target"`
+	TargetID json.RawMessage `json:"target_id"`
+	Status   json.RawMessage `json:"status"`
+}
+
+func (v *envelope) resource(name string) json.RawMessage {
+	switch name {
+	case ResourceProject:
+		return v.Project
+	case ResourceTask:
+		return v.Task
+	case ResourceJob:
+		return v.Job
+	case ResourceIssue:
+		return v.Issue
+	case ResourceComment:
+		return v.Comment
+	case ResourceOrganization:
+		return v.Organization
+	case ResourceInvitation:
+		return v.Invitation
+	case ResourceMembership:
+		return v.Membership
+	case ResourceUser:
+		return v.User
+	case ResourceWebhook:
+		return v.Webhook
+	}
+	return nil
+}
+
 // Parse reads a CVAT webhook body. It fails only when the body is not a JSON
 // object or has no "event"; every other field is optional.
 func Parse(body []byte) (Envelope, error) {
-	var top map[string]json.RawMessage
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return Envelope{}, ErrNotObject
 	}
-	if err := json.Unmarshal(trimmed, &top); err != nil {
-		return Envelope{}, fmt.Errorf("%w: %s", ErrNotObject, jsonErr(err))
+	var v envelope
+	if err := json.Unmarshal(trimmed, &v); err != nil {
+		var te *json.UnmarshalTypeError
+		if !errors.As(err, &te) {
+			return Envelope{}, fmt.Errorf("%w: %s", ErrNotObject, jsonErr(err))
+		}
+		// A key of an unexpected type (e.g. "task": 5) is tolerated; the
+		// decoder has still read the rest.
 	}
 	var name string
-	if err := json.Unmarshal(top["event"], &name); err != nil || strings.TrimSpace(name) == "" {
+	if err := json.Unmarshal(v.Event, &name); err != nil || strings.TrimSpace(name) == "" {
 		return Envelope{}, ErrNoEvent
 	}
 	e := Envelope{Event: name, Known: known[name], Raw: body}
 	e.Action, e.Resource = split(name)
-	e.WebhookID = flexID(top["webhook_id"])
-	e.Sender = senderName(top["sender"])
-	e.Changed, e.PreviousStatus = changed(top["before_update"], top["changes"], e.Resource)
+	e.WebhookID = flexID(v.WebhookID)
+	e.Sender = senderName(v.Sender)
+	e.Changed, e.PreviousStatus = changed(v.BeforeUpdate, v.Changes, e.Resource)
 
 	switch e.Resource {
 	case ResourceRequest, ResourceExport, ResourceBackup:
-		e.fromFlat(top)
+		e.fromFlat(v.Target, v.TargetID, v.Status)
 	default:
-		e.fromObject(top[e.Resource])
+		obj := v.resource(e.Resource)
+		if obj == nil && e.Resource != "" && !e.Known {
+			// A resource this version does not name: look it up by key.
+			var top map[string]json.RawMessage
+			_ = json.Unmarshal(trimmed, &top)
+			obj = top[e.Resource]
+		}
+		e.fromObject(obj)
 	}
 	return e, nil
 }
@@ -241,12 +295,12 @@ func (e *Envelope) fromObject(raw json.RawMessage) {
 
 // fromFlat reads the flat bodies of the export-notification events:
 // {event, status, target, target_id, rq_id, message, format, webhook_id}.
-func (e *Envelope) fromFlat(top map[string]json.RawMessage) {
+func (e *Envelope) fromFlat(targetRaw, idRaw, statusRaw json.RawMessage) {
 	var target, status string
-	_ = json.Unmarshal(top["target"], &target)
-	_ = json.Unmarshal(top["status"], &status)
+	_ = json.Unmarshal(targetRaw, &target)
+	_ = json.Unmarshal(statusRaw, &status)
 	e.Status = status
-	id := flexID(top["target_id"])
+	id := flexID(idRaw)
 	switch target {
 	case ResourceTask:
 		e.TaskID = id
