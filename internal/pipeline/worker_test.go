@@ -31,6 +31,7 @@ const proj = "p"
 // rig is a worker on real protocol servers: pstest, fake-gcs-server and the
 // CVAT fake.
 type rig struct {
+	ps     *pstest.Server
 	fake   *cvatfake.Server
 	queue  *inbox.Queue
 	worker *Worker
@@ -41,6 +42,11 @@ type rig struct {
 }
 
 func newRig(t *testing.T, trigger string, maxAttempts int) *rig {
+	t.Helper()
+	return newRigDebounce(t, trigger, maxAttempts, 0)
+}
+
+func newRigDebounce(t *testing.T, trigger string, maxAttempts int, debounce time.Duration) *rig {
 	t.Helper()
 	ctx := context.Background()
 	ps := pstest.NewServer()
@@ -80,10 +86,10 @@ func newRig(t *testing.T, trigger string, maxAttempts int) *rig {
 	deadPub := client.Publisher("dead")
 	exp := &Exporter{CVAT: cv, Archives: sink.NewArchives(gcs.Client(), "b", "", nil, log),
 		Outbox: sink.NewOutbox(outPub, nil, log), Formats: []string{"COCO 1.0"}, Metrics: NopMetrics(), Log: log}
-	r := &rig{fake: f, queue: inbox.NewQueue(client.Publisher("inbox"), 5*time.Second), reg: prometheus.NewRegistry(), client: client}
+	r := &rig{ps: ps, fake: f, queue: inbox.NewQueue(client.Publisher("inbox"), 5*time.Second), reg: prometheus.NewRegistry(), client: client}
 	r.worker, err = NewWorker(WorkerConfig{
 		Subscriber: client.Subscriber("inbox"), Exporter: exp, Queue: r.queue, DeadLetters: inbox.NewDeadLetters(deadPub),
-		Trigger: trigger, Debounce: 0, MaxWait: time.Second, MaxAttempts: maxAttempts,
+		Trigger: trigger, Debounce: debounce, MaxWait: max(time.Second, 2*debounce), MaxAttempts: maxAttempts,
 		RetryMin: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond, Tick: 5 * time.Millisecond, Log: log,
 	}, func(p, o func() float64) (*Metrics, error) { return NewMetrics(r.reg, p, o) })
 	if err != nil {
@@ -255,4 +261,36 @@ func TestUnreadableInboxMessage(t *testing.T) {
 	if len(dead()) != 1 {
 		t.Error("a newer item was dead-lettered")
 	}
+}
+
+// TestHeldUntilExported: a held event stays unacked on the Pub/Sub server
+// until its export is done, so a replica that dies holding it loses nothing.
+func TestHeldUntilExported(t *testing.T) {
+	r := newRigDebounce(t, TriggerUpdate, 3, 2*time.Second)
+	out := r.receiveAll(t, "outbox")
+	p := r.fake.AddProject(cvatfake.Project{Name: "p"})
+	task := r.fake.AddTask(cvatfake.Task{ProjectID: p.ID})
+	if err := r.queue.Enqueue(context.Background(), taskItem("update:task", task.ID, p.ID, "annotation")); err != nil {
+		t.Fatal(err)
+	}
+	inboxAcks := func() int {
+		n := 0
+		for _, m := range r.ps.Messages() {
+			if m.Attributes["v"] == inbox.Version { // inbox items, not outbox notices
+				n += m.Acks
+			}
+		}
+		return n
+	}
+	waitUntil(t, "the event held", func() bool { return r.worker.pendingCount() == 1 })
+	// Past the client's 100 ms ack flush: an early ack would have reached the server.
+	deadline := time.Now().Add(500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		if inboxAcks() != 0 {
+			t.Fatal("the held event was acked before its export")
+		}
+		time.Sleep(20 * time.Millisecond) // sampling the server's ack count
+	}
+	waitUntil(t, "the export", func() bool { return len(out()) == 1 })
+	waitUntil(t, "the ack after the export", func() bool { return inboxAcks() == 1 })
 }

@@ -244,16 +244,28 @@ func TestCrashLosesNothing(t *testing.T) {
 	first := startReceiver(t, env)
 	f := newFleet(cv, 5, tasks)
 	evs := f.saves(t, cv, saves, 7)
+	// Tasks whose every event is stored (2xx) just before the kill and never
+	// delivered again: only the inbox still holds their work, so they are
+	// lost if anything acked it before its export.
+	quiet := newFleet(cv, 1, 10)
+	quietEvs := quiet.saves(t, cv, 0, 11)
 
 	var once sync.Once
+	var quietFailed []cvatfake.Event
 	failed := deliverAll(cv, first.webhookURL(), evs, 8, func(done int) {
 		if done == len(evs)/2 {
-			once.Do(func() { _ = first.cmd.Process.Signal(syscall.SIGKILL) })
+			once.Do(func() {
+				quietFailed = deliverAll(cv, first.webhookURL(), quietEvs, 4, nil)
+				_ = first.cmd.Process.Signal(syscall.SIGKILL)
+			})
 		}
 	})
 	<-first.done
 	if len(failed) == 0 {
 		t.Fatalf("the kill came too late: every delivery was answered")
+	}
+	if len(quietFailed) > 0 {
+		t.Fatalf("%d deliveries of the quiet tasks got no 2xx before the kill", len(quietFailed))
 	}
 	t.Logf("killed after %d deliveries; %d got no 2xx", len(evs)-len(failed), len(failed))
 
@@ -264,4 +276,5 @@ func TestCrashLosesNothing(t *testing.T) {
 		t.Fatalf("%d redeliveries got no 2xx", len(again))
 	}
 	checkEveryTaskOnce(t, e, cv, second, f, 3*time.Minute)
+	checkEveryTaskOnce(t, e, cv, second, quiet, time.Minute)
 }
