@@ -105,10 +105,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	defer queue.Stop()
 	checks := []webhook.Check{
 		{Name: "pubsub", Required: true, Run: func(ctx context.Context) error {
-			return env.Check(ctx, cfg.InboxTopic, cfg.GCSBucket)["pubsub"]
+			return env.CheckPubSub(ctx, cfg.InboxTopic)
 		}},
 		{Name: "gcs", Required: true, Run: func(ctx context.Context) error {
-			return env.Check(ctx, cfg.InboxTopic, cfg.GCSBucket)["gcs"]
+			return env.CheckStorage(ctx, cfg.GCSBucket)
 		}},
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)

@@ -339,14 +339,16 @@ func (e *Env) resourceErr(kind, name, hint string, err error) error {
 	}
 }
 
-// Check reports whether Pub/Sub (topic) and GCS (bucket) answer, for /readyz.
-func (e *Env) Check(ctx context.Context, topic, bucket string) map[string]error {
-	out := map[string]error{}
+// CheckPubSub reports whether Pub/Sub answers for topic, for /readyz.
+func (e *Env) CheckPubSub(ctx context.Context, topic string) error {
 	_, err := e.PubSub.TopicAdminClient.GetTopic(ctx, &pubsubpb.GetTopicRequest{Topic: e.TopicName(topic)})
-	out["pubsub"] = err
-	_, err = e.Storage.Bucket(bucket).Attrs(ctx)
-	out["gcs"] = err
-	return out
+	return err
+}
+
+// CheckStorage reports whether GCS answers for bucket, for /readyz.
+func (e *Env) CheckStorage(ctx context.Context, bucket string) error {
+	_, err := e.Storage.Bucket(bucket).Attrs(ctx)
+	return err
 }
 
 // Close releases the clients and stops embedded servers, in reverse order.

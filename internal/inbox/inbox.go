@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"cloud.google.com/go/pubsub/v2"
@@ -178,10 +179,7 @@ func (d *DeadLetters) Send(ctx context.Context, it Item, reason string, attempts
 		return err
 	}
 	m.OrderingKey = ""
-	if len(reason) > 1024 {
-		reason = reason[:1024]
-	}
-	m.Attributes["reason"] = reason
+	m.Attributes["reason"] = reasonAttr(reason)
 	m.Attributes["attempts"] = strconv.Itoa(attempts)
 	if _, err := d.pub.Publish(ctx, m).Get(ctx); err != nil {
 		return fmt.Errorf("dead-letter %s: %w", orDefault(it.OrderingKey(), it.Event), err)
@@ -196,10 +194,7 @@ func (d *DeadLetters) SendRaw(ctx context.Context, data []byte, attrs map[string
 	for k, v := range attrs {
 		m.Attributes[k] = v
 	}
-	if len(reason) > 1024 {
-		reason = reason[:1024]
-	}
-	m.Attributes["reason"] = reason
+	m.Attributes["reason"] = reasonAttr(reason)
 	if _, err := d.pub.Publish(ctx, m).Get(ctx); err != nil {
 		return fmt.Errorf("dead-letter an unreadable message: %w", err)
 	}
@@ -208,3 +203,12 @@ func (d *DeadLetters) SendRaw(ctx context.Context, data []byte, attrs map[string
 
 // Stop flushes and stops the publisher.
 func (d *DeadLetters) Stop() { d.pub.Stop() }
+
+// reasonAttr bounds a reason to 1024 bytes and keeps it valid UTF-8, which
+// Pub/Sub requires of attribute values (a cut can split a rune).
+func reasonAttr(reason string) string {
+	if len(reason) > 1024 {
+		reason = reason[:1024]
+	}
+	return strings.ToValidUTF8(reason, "")
+}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/cvat-sync/cvat-sync/internal/event"
 	"github.com/cvat-sync/cvat-sync/internal/inbox"
+	"github.com/cvat-sync/cvat-sync/internal/sink"
 )
 
 // Ackable is an inbox message the coalescer holds until its work is done.
@@ -118,8 +119,8 @@ func (b *batch) fold(it inbox.Item, m Ackable, now time.Time) {
 	// when nothing more specific came.
 	if b.trig.Event == "" || it.Resource != event.ResourceProject {
 		b.trig = Trigger{Event: it.Event, Sender: it.Sender}
-		b.trig.WebhookID = nullID(it.WebhookID)
-		b.trig.JobID = nullID(it.JobID)
+		b.trig.WebhookID = sink.NullID(it.WebhookID)
+		b.trig.JobID = sink.NullID(it.JobID)
 	}
 	b.trig.Coalesced = b.events
 }

@@ -437,5 +437,3 @@ func enqueueMissing(ctx context.Context, e *Exporter, q Enqueuer, f cvatapi.Task
 	})
 	return n, err
 }
-
-func nullID(n int64) sink.NullID { return sink.NullID(n) }
