@@ -27,6 +27,19 @@ var (
 	ErrExportFailed = errors.New("cvat: export failed")
 	// ErrUnknownFormat reports a format name the server does not offer.
 	ErrUnknownFormat = errors.New("cvat: unknown export format")
+	// ErrUnavailable reports that CVAT (or a proxy in front of it) is not
+	// answering as CVAT right now: transport failures, timeouts, 408, 429,
+	// 502, 503, 504. Work that meets it is held, not failed: it spends no
+	// attempt.
+	ErrUnavailable = errors.New("cvat: unavailable")
+	// ErrInvalidArchive reports a download that is not an export archive
+	// (another content type, no zip signature, a length that does not match
+	// Content-Length). It surfaces from Export.Body's Read, so a streaming
+	// upload aborts before it commits.
+	ErrInvalidArchive = errors.New("cvat: download is not an export archive")
+	// ErrIncompleteListing reports a task listing that skipped pages which
+	// kept failing; the callback saw every task of the other pages.
+	ErrIncompleteListing = errors.New("cvat: task listing incomplete")
 )
 
 // StatusError is a non-2xx answer.
@@ -54,6 +67,12 @@ func (e *StatusError) Is(target error) bool {
 		return e.Code == http.StatusUnauthorized
 	case ErrForbidden:
 		return e.Code == http.StatusForbidden
+	case ErrUnavailable:
+		switch e.Code {
+		case http.StatusRequestTimeout, http.StatusTooManyRequests, http.StatusBadGateway,
+			http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			return true
+		}
 	}
 	return false
 }
@@ -66,6 +85,9 @@ type NetError struct {
 
 func (e *NetError) Error() string { return e.Call + ": " + e.Err.Error() }
 func (e *NetError) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrUnavailable) true: CVAT did not answer.
+func (e *NetError) Is(target error) bool { return target == ErrUnavailable }
 
 // ExportFailedError is an export CVAT reports as failed.
 type ExportFailedError struct {

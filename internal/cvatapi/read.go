@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
@@ -180,3 +181,18 @@ func (c *Client) ListTasks(ctx context.Context, f TaskFilter, fn func(Task) erro
 
 // cvatTime formats a time as CVAT does (microseconds, Z).
 func cvatTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000000Z") }
+
+// Clock returns CVAT's current time, read from the Date header of a fresh
+// GET /api/server/about: windows of incremental listings come from CVAT's
+// clock, not ours. Date has a resolution of one second.
+func (c *Client) Clock(ctx context.Context) (time.Time, error) {
+	resp, err := c.doJSON(ctx, call{method: "GET", route: "/api/server/about", path: "/api/server/about", noAuth: true}, nil)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read CVAT's clock: %w", err)
+	}
+	t, err := http.ParseTime(resp.Header.Get("Date"))
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read CVAT's clock: no usable Date header in GET /api/server/about")
+	}
+	return t.UTC(), nil
+}
