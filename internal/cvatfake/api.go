@@ -90,6 +90,10 @@ func (s *Server) lookupTask(w http.ResponseWriter, r *http.Request) *Task {
 func (s *Server) getTask(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if id, _ := pathID(r); s.hidden[id] {
+		writeJSON(w, http.StatusForbidden, map[string]string{"detail": "You do not have permission to perform this action."})
+		return
+	}
 	if t := s.lookupTask(w, r); t != nil {
 		writeJSON(w, http.StatusOK, s.taskJSON(t, s.base(r), true))
 	}
@@ -142,7 +146,7 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	var tasks []*Task
 	for _, t := range s.tasks {
-		if !visible(r, t.Org) {
+		if !visible(r, t.Org) || s.hidden[t.ID] {
 			continue
 		}
 		if q.Has("project_id") && q.Get("project_id") != itoa(t.ProjectID) {

@@ -83,6 +83,7 @@ type Server struct {
 	faults   []*Fault
 	calls    []Call
 	lastTime time.Time
+	hidden   map[int64]bool // HideTask
 }
 
 // New starts a fake on a loopback port and closes it when t's test ends.
