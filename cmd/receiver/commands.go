@@ -89,15 +89,21 @@ func backfill(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	defer env.Close()
-	s := newSinks(env, cfg, reg, log)
-	defer s.stop()
-	exp := newExporter(cv, s, cfg, log)
+	s, err := newStores(env, cfg, reg, log)
+	if err != nil {
+		return err
+	}
+	defer s.outbox.Stop()
+	syncer, err := newSyncer(cv, s, cfg, log)
+	if err != nil {
+		return err
+	}
 
 	progress := progressLines(stdout)
 	if f, ok := stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		progress = progressBar(f)
 	}
-	sum, err := pipeline.Backfill(ctx, exp, pipeline.BackfillOptions{Filter: filter, DryRun: dryRun, Progress: progress})
+	sum, err := pipeline.Backfill(ctx, syncer, pipeline.BackfillOptions{Filter: filter, DryRun: dryRun, Progress: progress})
 	if err != nil {
 		return err
 	}
@@ -308,4 +314,24 @@ func outboxTail(ctx context.Context, args []string, getenv func(string) string, 
 	}()
 	fmt.Fprintf(os.Stderr, "tailing %s (notices published from now on)\n", env.TopicName(cfg.OutboxTopic))
 	return sink.Tail(ctx, env.PubSub.Subscriber(id), stdout, limit)
+}
+
+// versionWarnings says what a CVAT release cannot do that the operator
+// should know at start.
+func versionWarnings(v string, cfg config.Config) []string {
+	var out []string
+	if versionBefore(v, 2, 4, 2) {
+		out = append(out, "this CVAT fires no webhook for annotation saves (only for REST create, update and delete): "+
+			"convergence, every CVAT_SYNC_RECONCILE_INTERVAL ("+cfg.ReconcileInterval.String()+"), is the export engine here")
+		if cfg.ReconcileInterval == 0 {
+			out = append(out, "CVAT_SYNC_RECONCILE_INTERVAL is 0: with this CVAT, annotation saves are never exported; set it (e.g. 10m)")
+		}
+	}
+	if versionBefore(v, 2, 4, 0) {
+		if !cfg.LegacySignature {
+			out = append(out, "CVAT 2.3 signs every delivery over the body plus a newline: set CVAT_SYNC_LEGACY_SIGNATURE=true or every delivery is refused with 401")
+		}
+		out = append(out, "CVAT 2.3 puts a task's labels and segments into its webhook bodies; raise CVAT_SYNC_MAX_BODY_BYTES if deliveries are refused with 413")
+	}
+	return out
 }

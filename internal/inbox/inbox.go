@@ -179,7 +179,9 @@ func (q *Queue) Enqueue(ctx context.Context, it Item) error {
 }
 
 // EnqueueEvent enqueues a domain event.
-func (q *Queue) EnqueueEvent(ctx context.Context, e task.Event) error { return q.Enqueue(ctx, ItemOf(e)) }
+func (q *Queue) EnqueueEvent(ctx context.Context, e task.Event) error {
+	return q.Enqueue(ctx, ItemOf(e))
+}
 
 // Stop flushes pending publishes and stops the publisher.
 func (q *Queue) Stop() { q.pub.Stop() }

@@ -34,7 +34,7 @@ func TestSyncExportsOnceAndRecords(t *testing.T) {
 	}
 	assertObject(t, r, n.Object.Name, want)
 	rec := r.record(tk.ID)
-	if !rec.Current([]string{rigFormat}, tk.UpdatedDate) || rec.Formats[rigFormat].ExportID != n.ExportID {
+	if !rec.Current([]string{rigFormat}, tk.UpdatedDate) || rec.Formats[rigFormat].Generation != n.Object.Generation {
 		t.Fatalf("record %+v", rec)
 	}
 

@@ -332,8 +332,7 @@ func (s *Syncer) exportFormat(ctx context.Context, st task.State, format string,
 		if r.Formats == nil {
 			r.Formats = map[string]sink.Announced{}
 		}
-		r.Formats[format] = sink.Announced{UpdatedDate: st.UpdatedDate.UTC(), Object: obj.Name, Generation: obj.Generation,
-			ExportID: notice.ExportID, At: now}
+		r.Formats[format] = sink.Announced{UpdatedDate: st.UpdatedDate.UTC(), Generation: obj.Generation, At: now}
 		r.SetState(st)
 		r.Deleted = nil
 		if r.Current(s.cfg.Formats, st.UpdatedDate) {

@@ -61,4 +61,3 @@ func newOutboxMetrics(reg prometheus.Registerer) (*outboxMetrics, error) {
 	}
 	return m, nil
 }
-

@@ -29,8 +29,11 @@ const RecordVersion = 1
 // per call without a GET each.
 const metaRecord = "cvat_sync_record"
 
-// maxRecordBytes keeps a record inside GCS's 8 KiB of custom metadata.
-const maxRecordBytes = 7 << 10
+// maxRecordBytes keeps a record inside GCS's 8 KiB of custom metadata, and
+// inside the one filesystem block (4 KiB on ext4) in which fake-gcs-server,
+// the embedded default's GCS, keeps all of an object's attributes as an
+// extended attribute.
+const maxRecordBytes = 2560
 
 // ErrConflict reports that a record changed between its read and its
 // write (another replica wrote it); Records.Update retries on it.
@@ -64,12 +67,12 @@ type RecordedTask struct {
 	UpdatedDate    time.Time `json:"updated_date"`
 }
 
-// Announced is one format's last announced export.
+// Announced is one format's last announced export: the archive of state
+// UpdatedDate (its name follows from the key, ObjectName) at Generation,
+// announced at At (its export_id follows from the object, ExportID).
 type Announced struct {
 	UpdatedDate time.Time `json:"updated_date"`
-	Object      string    `json:"object"`
 	Generation  int64     `json:"generation"`
-	ExportID    string    `json:"export_id"`
 	At          time.Time `json:"at"`
 }
 
