@@ -445,7 +445,7 @@ func TestReconcilerFindsSilentChange(t *testing.T) {
 }
 
 // TestOutagesRecover: CVAT failing, then GCS failing, then both recover; the
-// export ends once, and the retry metric moved.
+// export ends once, and the outages spent no attempt (they were held).
 func TestOutagesRecover(t *testing.T) {
 	t.Parallel()
 	em := newEmulators(t)
@@ -469,12 +469,17 @@ func TestOutagesRecover(t *testing.T) {
 	})
 	evs, _ := f.SaveAnnotations(job.ID)
 	deliver(t, f, s, evs...)
-	waitFor(t, 60*time.Second, "a failed attempt", func() bool { return s.metric(t, "cvat_sync_export_retries_total") >= 1 })
+	waitFor(t, 60*time.Second, "the outage held", func() bool {
+		return s.metric(t, "cvat_sync_work_postponed_total", `reason="unavailable"`) >= 1
+	})
 	em.setGCSFault(nil)
 	waitFor(t, 60*time.Second, "the export after recovery", func() bool { return len(em.notices(t)) >= 1 })
 	waitFor(t, 10*time.Second, "no pending work", func() bool { return s.metric(t, "cvat_sync_pending_tasks") == 0 })
 	if n := len(em.notices(t)); n != 1 {
 		t.Errorf("%d notices, want 1", n)
+	}
+	if n := s.metric(t, "cvat_sync_export_retries_total"); n != 0 {
+		t.Errorf("the outages spent %v attempts", n)
 	}
 	list, err := em.gcs.ListObjectsWithOptionsPaginated("cvat-sync", fakestorage.ListOptions{Prefix: "tasks/"})
 	if err != nil {

@@ -87,7 +87,7 @@ func New(cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("cvatapi: BaseURL %q must not have a query or fragment", cfg.BaseURL)
 	}
 	switch strings.ToLower(cfg.AuthScheme) {
-	case "", "bearer", "token":
+	case "", "auto", "bearer", "token":
 	default:
 		return nil, fmt.Errorf("cvatapi: AuthScheme %q: want bearer or token", cfg.AuthScheme)
 	}

@@ -535,6 +535,9 @@ func (c *Converger) ProjectDeleted(ctx context.Context, projectID int64, trig ta
 
 // describe is a short line about the converger's settings, for start-up.
 func (c *Converger) describe() string {
+	if c.cfg.Interval <= 0 {
+		return "off (CVAT_SYNC_RECONCILE_INTERVAL=0): webhooks only"
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "every %s (full every %s), since %s, deletion guard %.0f%%", c.cfg.Interval, c.cfg.FullInterval, c.cfg.Since, 100*c.cfg.MaxDeleteFraction)
 	return b.String()
