@@ -2,58 +2,15 @@ package cvatfake
 
 import (
 	"bytes"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 )
 
-// decodeOrdered parses JSON keeping key order (objects become ordered,
-// numbers json.Number), so re-encoding can be compared byte for byte.
-func decodeOrdered(dec *json.Decoder) (any, error) {
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, err
-	}
-	switch d := tok.(type) {
-	case json.Delim:
-		if d == '[' {
-			arr := []any{}
-			for dec.More() {
-				v, err := decodeOrdered(dec)
-				if err != nil {
-					return nil, err
-				}
-				arr = append(arr, v)
-			}
-			_, err := dec.Token()
-			return arr, err
-		}
-		obj := ordered{}
-		for dec.More() {
-			k, err := dec.Token()
-			if err != nil {
-				return nil, err
-			}
-			v, err := decodeOrdered(dec)
-			if err != nil {
-				return nil, err
-			}
-			obj = append(obj, pair{k.(string), v})
-		}
-		_, err := dec.Token()
-		return obj, err
-	default:
-		return tok, nil
-	}
-}
-
-func parseOrdered(t testing.TB, b []byte) any {
+func mustParseOrdered(t testing.TB, b []byte) any {
 	t.Helper()
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	v, err := decodeOrdered(dec)
+	v, err := parseOrdered(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +30,7 @@ func TestPyJSONReproducesCVATBytes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := pyJSON(parseOrdered(t, want))
+			got, err := pyJSON(mustParseOrdered(t, want))
 			if err != nil {
 				t.Fatal(err)
 			}
