@@ -29,7 +29,7 @@ import (
 //     exists then; a reply that is not UTF-8 makes the job fail with no row;
 //   - 2.65+: the worker reads the webhook again (gone or inactive: nothing is
 //     sent), replies are decoded leniently, and a status >= 500, 408 or 429
-//     is retried (up to 9 attempts). Retries are test-driven: RetryPending
+//     is retried (up to MaxAttempts). Retries are test-driven: RetryPending
 //     makes the due ones at once, whatever CVAT's delays would be;
 //   - 2.68+: rows show attempt and request_duration.
 
@@ -39,9 +39,10 @@ type hookState struct {
 	retries    []attempt   // 2.65+: automatic retries not made yet
 }
 
-// maxAttempts is CVAT's default: a first attempt and 8 retries
-// (CVAT_SEND_WEBHOOK_TASK_RETRIES, webhooks/default_settings.py @2.65.0).
-const maxAttempts = 9
+// MaxAttempts is how many attempts 2.65+ make by default: a first one and 8
+// retries (CVAT_SEND_WEBHOOK_TASK_RETRIES, webhooks/default_settings.py
+// @2.65.0).
+const MaxAttempts = 9
 
 // responseLimit: CVAT keeps up to 1 MiB of the reply, "" beyond.
 const responseLimit = 1 << 20
@@ -279,7 +280,7 @@ func (s *Server) record(a attempt, res DeliveryResult, err error, dur time.Durat
 		return nil
 	}
 	d := s.addRow(a, status, strings.ToValidUTF8(response, "\uFFFD"), dur)
-	if retryable(status) && a.n < maxAttempts && !a.noRetry {
+	if retryable(status) && a.n < MaxAttempts && !a.noRetry {
 		next := a
 		next.n++
 		next.queued = nil
