@@ -65,17 +65,6 @@ func hmacHex(secret string, b []byte) string {
 	return "sha256=" + hex.EncodeToString(m.Sum(nil))
 }
 
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestEnsureWebhookOnEveryRelease: registering twice makes one webhook and
 // changes nothing the second time, with the events the release offers
 // (issue 14 finding 6: 2.3.0's `project` field made every register create
@@ -275,10 +264,13 @@ func TestRedeliver(t *testing.T) {
 	if err := c.Redeliver(ctx, w.ID, failed[1].ID); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the redelivery to be recorded", func() bool {
-		d := f.Deliveries(w.ID)
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := f.AwaitDeliveries(wctx, w.ID, func(d []cvatfake.Delivery) bool {
 		return len(d) == 4 && d[0].Redelivery && d[0].StatusCode == 200
-	})
+	}); err != nil {
+		t.Fatal(err)
+	}
 	again, err := c.Delivery(ctx, w.ID, f.Deliveries(w.ID)[0].ID)
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -130,6 +131,23 @@ func (s *Server) Deliveries(webhookID int64) []Delivery {
 			CreatedDate: d.created, UpdatedDate: d.updated})
 	}
 	return out
+}
+
+// AwaitDeliveries waits until cond holds for webhook webhookID's delivery
+// log (newest first, as Deliveries returns it) or ctx ends. Queued pings
+// (2.3–2.4.1) and redeliveries are sent after the API has answered, so a
+// test that made one waits here for its row.
+func (s *Server) AwaitDeliveries(ctx context.Context, webhookID int64, cond func([]Delivery) bool) error {
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for !cond(s.Deliveries(webhookID)) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("deliveries of webhook %d: %w", webhookID, ctx.Err())
+		case <-tick.C:
+		}
+	}
+	return nil
 }
 
 // deliveriesOf returns a webhook's rows newest first (order_by

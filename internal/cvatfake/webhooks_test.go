@@ -110,15 +110,13 @@ func (r *receiver) deliveries() []delivery {
 	return slices.Clone(r.got)
 }
 
-// waitFor polls cond until it holds or a generous deadline passes.
-func waitFor(t testing.TB, what string, cond func() bool) {
+// await waits (generously) for webhook id's delivery log to satisfy cond.
+func await(t testing.TB, f *cvatfake.Server, id int64, cond func([]cvatfake.Delivery) bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := f.AwaitDeliveries(ctx, id, cond); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -384,7 +382,10 @@ func TestWebhookObjectByRelease(t *testing.T) {
 			if status, b := call(t, f, "POST", "/api/webhooks/"+itoa(id)+"/ping", "", nil); status != 200 {
 				t.Fatalf("ping: %d %s", status, b)
 			}
-			waitFor(t, "the ping's status", func() bool { return get()["last_status"] == 200.0 })
+			await(t, f, id, func(ds []cvatfake.Delivery) bool { return len(ds) == 1 && ds[0].StatusCode == 200 })
+			if get()["last_status"] != 200.0 {
+				t.Errorf("last_status %v after the ping", get()["last_status"])
+			}
 			if _, ok := get()["last_delivery_date"]; !ok {
 				t.Error("no last_delivery_date after a delivery")
 			}
@@ -496,10 +497,7 @@ func TestPingQueuedBefore242(t *testing.T) {
 			} else if d["status_code"] != 200.0 || d["response"] != `{"status": "accepted"}` {
 				t.Errorf("ping answered %v", d)
 			}
-			waitFor(t, "the ping to be recorded as delivered", func() bool {
-				ds := f.Deliveries(id)
-				return len(ds) == 1 && ds[0].StatusCode == 200
-			})
+			await(t, f, id, func(ds []cvatfake.Delivery) bool { return len(ds) == 1 && ds[0].StatusCode == 200 })
 			if got := r.events(); !slices.Equal(got, []string{"ping"}) {
 				t.Errorf("receiver got %v", got)
 			}
@@ -762,11 +760,7 @@ func TestDeliveriesLog(t *testing.T) {
 			if status != 200 || string(b) != "{}" {
 				t.Fatalf("redelivery: %d %s", status, b)
 			}
-			waitFor(t, "the redelivery", func() bool { return len(r.deliveries()) > before })
-			waitFor(t, "the redelivery's row", func() bool {
-				ds := f.Deliveries(id)
-				return ds[0].Redelivery && ds[0].StatusCode == 200
-			})
+			await(t, f, id, func(ds []cvatfake.Delivery) bool { return ds[0].Redelivery && ds[0].StatusCode == 200 })
 			first0, again := r.deliveries()[0], r.deliveries()[before]
 			var a, c any
 			_ = json.Unmarshal(first0.body, &a)
