@@ -499,7 +499,16 @@ func TestPingQueuedBefore242(t *testing.T) {
 			}
 			await(t, f, id, func(ds []cvatfake.Delivery) bool { return len(ds) == 1 && ds[0].StatusCode == 200 })
 			if got := r.events(); !slices.Equal(got, []string{"ping"}) {
-				t.Errorf("receiver got %v", got)
+				t.Fatalf("receiver got %v", got)
+			}
+			if tt.version == "2.64.0" {
+				// A second ping: the webhook now has a last delivery, as in
+				// CVAT's sample.
+				call(t, f, "POST", "/api/webhooks/"+itoa(id)+"/ping", "", nil)
+				w, g := comparable(shape(t, payload(t, "ping.json")), shape(t, r.deliveries()[1].body))
+				if diff := cmp.Diff(w, g); diff != "" {
+					t.Errorf("ping keys (-CVAT +fake):\n%s", diff)
+				}
 			}
 		})
 	}
@@ -877,4 +886,28 @@ func TestRetries265(t *testing.T) {
 			t.Errorf("retry of a deleted webhook: %+v", sent)
 		}
 	})
+}
+
+// TestSchemaWebhookSide: the delivery and events answers match CVAT
+// 2.64.0's schema. (The list and the redelivery are not validated:
+// schema_test.go's deviations takes every /deliveries answer for a single
+// delivery.)
+func TestSchemaWebhookSide(t *testing.T) {
+	f := cvatfake.New(t, cvatfake.Options{Version: "2.64.0"})
+	v := newSchemaValidator(t, "testdata/schema/cvat-v2.64.0-schema.yml", f.URL())
+	r := newLoggingReceiver(t)
+	p := f.AddProject(cvatfake.Project{Name: "p"})
+	task := f.AddTask(cvatfake.Task{ProjectID: p.ID})
+	id := hook(t, f, "", map[string]any{"target_url": r.url, "type": "project", "project_id": p.ID, "events": []string{"update:task"}})
+	evs, _ := f.TouchTask(task.ID)
+	sent := f.Dispatch(context.Background(), evs...)
+	base := "/api/webhooks/" + itoa(id)
+	rawDo(t, v, f, "GET", base+"/deliveries/"+itoa(sent[0].DeliveryID))
+	call(t, f, "POST", base+"/deliveries/"+itoa(sent[0].DeliveryID)+"/redelivery", "", nil)
+	rawDo(t, v, f, "GET", "/api/webhooks/events?type=project")
+	await(t, f, id, func(ds []cvatfake.Delivery) bool { return len(ds) == 2 && ds[0].StatusCode == 200 })
+	v.requireSeen(t,
+		"GET /api/webhooks/{id}/deliveries/{delivery_id} 200",
+		"GET /api/webhooks/events 200",
+	)
 }

@@ -24,6 +24,11 @@ func TestPyJSONReproducesCVATBytes(t *testing.T) {
 	if len(files) < 10 {
 		t.Fatalf("found %d payload files", len(files))
 	}
+	newer, _ := filepath.Glob("testdata/payloads/*/*.json") // 2.73.0, post-#11104
+	if len(newer) < 2 {
+		t.Fatalf("found %d 2.73+ payload files", len(newer))
+	}
+	files = append(files, newer...)
 	for _, file := range files {
 		t.Run(filepath.Base(file), func(t *testing.T) {
 			want, err := os.ReadFile(file)
@@ -72,5 +77,25 @@ func TestCVATTime(t *testing.T) {
 		if got := cvatTime(in); got != want {
 			t.Errorf("cvatTime(%v) = %s, want %s", in, got, want)
 		}
+	}
+}
+
+// TestJSONBOrder: a payload read back from CVAT's jsonb column has CVAT's
+// sample delivery's key order (shorter keys first, then bytewise).
+func TestJSONBOrder(t *testing.T) {
+	sent, err := os.ReadFile("testdata/payloads/v2.73.0/update_task.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := os.ReadFile("testdata/api/webhook_deliveries_page_v2.73.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	results := mustParseOrdered(t, page).(ordered).get("results").([]any)
+	stored := results[0].(ordered).get("request")
+	want, _ := pyJSON(stored)
+	got, _ := pyJSON(jsonbOrder(mustParseOrdered(t, sent)))
+	if !bytes.Equal(got, want) {
+		t.Errorf("jsonb order:\n got %s\nwant %s", got, want)
 	}
 }
