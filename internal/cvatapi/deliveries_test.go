@@ -306,3 +306,24 @@ func TestDeliveryRegime(t *testing.T) {
 		}
 	}
 }
+
+// TestEnsureWebhookProjectInOrganization: from 2.4.0 a project webhook
+// lives in its project's organization; registered without that context it
+// could not be found again.
+func TestEnsureWebhookProjectInOrganization(t *testing.T) {
+	f := cvatfake.New(t, cvatfake.Options{Version: "2.64.0"})
+	p := f.AddProject(cvatfake.Project{Name: "p", Org: "org1"})
+	spec := cvatapi.WebhookSpec{TargetURL: "http://r/webhooks/cvat", Secret: "s", ProjectID: p.ID}
+	if _, _, err := newClient(t, f).EnsureWebhook(context.Background(), spec); err == nil || !strings.Contains(err.Error(), "organization") {
+		t.Fatalf("register outside the project's organization: %v", err)
+	}
+	spec.Org = "org1"
+	for i := range 2 {
+		if _, _, err := newClient(t, f).EnsureWebhook(context.Background(), spec); err != nil {
+			t.Fatalf("register #%d: %v", i+1, err)
+		}
+	}
+	if n := len(f.Webhooks()); n != 1 {
+		t.Errorf("%d webhooks", n)
+	}
+}

@@ -141,8 +141,8 @@ func (c *Client) ensureWebhook(ctx context.Context, spec WebhookSpec) (Webhook, 
 	if err != nil {
 		return Webhook{}, false, err
 	}
-	if typ == "project" && !rel.atLeast(2, 4, 0) {
-		if err := c.checkProjectWebhookOrg(ctx, spec.ProjectID, org, hdr); err != nil {
+	if typ == "project" {
+		if err := c.checkProjectWebhookOrg(ctx, rel, spec.ProjectID, org, hdr); err != nil {
 			return Webhook{}, false, err
 		}
 	}
@@ -393,20 +393,30 @@ func offered(rel hookRelease, typ, event string) bool {
 	return true
 }
 
-// checkProjectWebhookOrg enforces CVAT 2.3.0's rule: a project webhook takes
-// the organization of the request that creates it, and fires only for
+// checkProjectWebhookOrg refuses a project webhook for a project in an
+// organization when no organization context is given. From 2.4.0 CVAT gives
+// the webhook the project's organization and then shows it only in that
+// organization's context: registered from outside, it could never be found
+// again (every register would create another). 2.3.0 is worse: the webhook
+// takes the organization of the request that creates it and fires only for
 // resources of that organization (webhooks/views.py perform_create,
-// signals.py select_webhooks @2.3.0). Created from another context it would
-// silently never fire.
-func (c *Client) checkProjectWebhookOrg(ctx context.Context, projectID int64, org string, hdr map[string]string) error {
+// signals.py select_webhooks @2.3.0), so it would never fire.
+func (c *Client) checkProjectWebhookOrg(ctx context.Context, rel hookRelease, projectID int64, org string, hdr map[string]string) error {
+	if org != "" {
+		return nil // the project is looked up in that context when the webhook is created
+	}
 	var p Project
 	if _, err := c.doJSON(ctx, call{method: "GET", route: "/api/projects/{id}", path: "/api/projects/" + strconv.FormatInt(projectID, 10), header: hdr}, &p); err != nil {
 		return fmt.Errorf("get project %d: %w", projectID, err)
 	}
-	if p.OrganizationID != 0 && org == "" {
-		return fmt.Errorf("project %d belongs to organization %d: CVAT 2.3.0 fires a project webhook only when it is created in the project's organization, so give that organization's slug", projectID, p.OrganizationID)
+	if p.OrganizationID == 0 {
+		return nil
 	}
-	return nil
+	why := "CVAT shows its webhooks only in that organization's context"
+	if !rel.atLeast(2, 4, 0) {
+		why = "CVAT 2.3.0 fires a project webhook only when it is created in the project's organization"
+	}
+	return fmt.Errorf("project %d belongs to organization %d: %s, so give that organization's slug", projectID, p.OrganizationID, why)
 }
 
 // hookRelease is the server's release as the webhook rules need it.
