@@ -80,6 +80,7 @@ type Server struct {
 	hooks    map[int64]*webhook
 	nextHook int64
 	nextDel  int64
+	hk       hookState // webhooks.go, deliveries.go: the delivery log and pending retries
 	faults   []*Fault
 	calls    []Call
 	lastTime time.Time
@@ -182,12 +183,7 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /api/tasks/{id}/annotations/", s.legacyExport) // CVAT: r'annotations/?$'
 
 	m.HandleFunc("GET /api/tasks/{id}/dataset", s.legacyExport)
-	m.HandleFunc("GET /api/webhooks", s.listWebhooks)
-	m.HandleFunc("POST /api/webhooks", s.createWebhook)
-	m.HandleFunc("GET /api/webhooks/{id}", s.getWebhook)
-	m.HandleFunc("PATCH /api/webhooks/{id}", s.patchWebhook)
-	m.HandleFunc("DELETE /api/webhooks/{id}", s.deleteWebhook)
-	m.HandleFunc("POST /api/webhooks/{id}/ping", s.pingWebhook)
+	s.webhookRoutes(m)
 	s.mux = m
 }
 
