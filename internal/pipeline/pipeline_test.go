@@ -325,12 +325,9 @@ func TestProjectDeletionAnnouncesItsTasks(t *testing.T) {
 		r.enqueue(update("update:task", tk))
 	}
 	waitUntil(t, "the exports", func() bool { return len(r.notices()) == 3 })
-	for _, tk := range []cvatfake.Task{a, b} {
-		if _, err := r.fake.DeleteTask(tk.ID); err != nil {
-			t.Fatal(err)
-		}
+	if _, err := r.fake.DeleteProject(p.ID); err != nil {
+		t.Fatal(err)
 	}
-	r.fake.RemoveProject(p.ID)
 	r.enqueue(task.Event{Name: "delete:project", Resource: task.ResourceProject, Action: task.ActionDelete, ProjectID: p.ID})
 	waitUntil(t, "two deletions", func() bool {
 		return len(r.noticesOf(sink.KindDeleted, a.ID)) == 1 && len(r.noticesOf(sink.KindDeleted, b.ID)) == 1
