@@ -163,15 +163,16 @@ func progressBar(w io.Writer) func(done, total int, t cvatapi.Task, outcome stri
 
 // ensureWebhook makes CVAT have the webhook that points at this service.
 func ensureWebhook(ctx context.Context, cv *cvatapi.Client, cfg config.Config) (cvatapi.Webhook, bool, error) {
-	spec, err := webhookSpec(ctx, cv, cfg)
+	spec, err := webhookSpec(cfg)
 	if err != nil {
 		return cvatapi.Webhook{}, false, err
 	}
 	return cv.EnsureWebhook(ctx, spec)
 }
 
-// webhookSpec is the CVAT webhook that points at this service.
-func webhookSpec(ctx context.Context, cv *cvatapi.Client, cfg config.Config) (cvatapi.WebhookSpec, error) {
+// webhookSpec is the CVAT webhook that points at this service; the events
+// are left to cvatapi, which knows what each CVAT release offers.
+func webhookSpec(cfg config.Config) (cvatapi.WebhookSpec, error) {
 	spec := cvatapi.WebhookSpec{
 		TargetURL:   cfg.PublicURL + webhook.Path,
 		Secret:      cfg.WebhookSecrets[0],
@@ -179,18 +180,9 @@ func webhookSpec(ctx context.Context, cv *cvatapi.Client, cfg config.Config) (cv
 		Org:         cfg.WebhookOrg,
 		Description: "cvat-sync: exports annotations to Cloud Storage",
 		EnableSSL:   strings.HasPrefix(cfg.PublicURL, "https://"),
-		Events:      []string{"create:task", "update:task", "delete:task", "update:job", "update:project", "delete:project"},
 	}
 	if spec.ProjectID == 0 && spec.Org == "" {
 		return spec, usageError("webhook: set CVAT_SYNC_WEBHOOK_PROJECT_ID (a project webhook) or CVAT_SYNC_WEBHOOK_ORG / CVAT_SYNC_CVAT_ORG (an organization webhook)")
-	}
-	// Job creation and deletion events exist from CVAT 2.4.2; organization
-	// webhooks also hear about new projects.
-	if a, err := cv.About(ctx); err == nil && !versionBefore(a.Version, 2, 4, 2) {
-		spec.Events = append(spec.Events, "create:job", "delete:job")
-	}
-	if spec.ProjectID == 0 {
-		spec.Events = append(spec.Events, "create:project")
 	}
 	return spec, nil
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/cvat-sync/cvat-sync/internal/inbox"
 	"github.com/cvat-sync/cvat-sync/internal/metrics"
 	"github.com/cvat-sync/cvat-sync/internal/pipeline"
+	"github.com/cvat-sync/cvat-sync/internal/redeliver"
 	"github.com/cvat-sync/cvat-sync/internal/signature"
 	"github.com/cvat-sync/cvat-sync/internal/webhook"
 )
@@ -186,6 +187,12 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		pipe = p
 		bg.Add(1)
 		go func() { defer bg.Done(); startupChecks(bgCtx, cv, cfg, log, fatal) }()
+		if rd, err := newRedeliverer(cfg, reg, log); err != nil {
+			return err
+		} else if rd != nil {
+			bg.Add(1)
+			go func() { defer bg.Done(); _ = rd.Run(bgCtx) }()
+		}
 	}
 	var pipeFailed <-chan error
 	if pipe != nil {
@@ -234,6 +241,26 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// newRedeliverer builds the reader of CVAT's delivery log of the webhook
+// this service registers (nil when there is none to read: no public URL or
+// no webhook scope, or CVAT_SYNC_REDELIVER=false).
+func newRedeliverer(cfg config.Config, reg prometheus.Registerer, log *slog.Logger) (*redeliver.Redeliverer, error) {
+	if !cfg.Redeliver || cfg.PublicURL == "" {
+		return nil, nil
+	}
+	spec, err := webhookSpec(cfg)
+	if err != nil {
+		log.Info("CVAT's delivery log is not read: no webhook scope (CVAT_SYNC_WEBHOOK_PROJECT_ID or CVAT_SYNC_WEBHOOK_ORG)")
+		return nil, nil
+	}
+	// CVAT shows an organization's webhooks only in its context.
+	cv, err := newCVAT(cfg, cfg.WebhookOrg, reg, log.With("component", "redeliver"))
+	if err != nil {
+		return nil, err
+	}
+	return redeliver.New(redeliver.Config{CVAT: cv, Webhook: spec, Registerer: reg, Logger: log.With("component", "redeliver")})
 }
 
 // startupChecks waits (in the background: the listener is already open) for
