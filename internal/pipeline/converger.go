@@ -67,6 +67,10 @@ type ConvergerConfig struct {
 // deleteFloor: the deletion guard applies only above this many deletions.
 const deleteFloor = 10
 
+// listPageSize is the page size of a pass's task listing: CVAT sets no
+// maximum, and fewer, larger pages make a pass over 10,000 tasks 20 calls.
+const listPageSize = 500
+
 // Converger compares CVAT's tasks (the desired state) with the bucket's
 // record (what was exported and announced) and enqueues the difference:
 // states not yet announced, failed states whose backoff ended, and tasks
@@ -251,7 +255,7 @@ func (c *Converger) pass(ctx context.Context, full bool) (PassResult, error) {
 	}
 	c.m.seeLastSuccess(lastAnnounced)
 
-	filter := cvatapi.TaskFilter{}
+	filter := cvatapi.TaskFilter{PageSize: listPageSize}
 	if !full && !cur.Watermark.IsZero() {
 		filter.UpdatedSince = cur.Watermark.Add(-c.cfg.Margin)
 	}
