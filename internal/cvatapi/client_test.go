@@ -358,7 +358,16 @@ func TestExport(t *testing.T) {
 			if tt.saveImages {
 				sub = "dataset"
 			}
-			wantName := "task_" + itoa(task.ID) + "_" + sub + "_" + task.UpdatedDate.Format("2006_01_02_15_04_05") + "_coco 1.0.zip"
+			// CVAT's file names: the task's name before 2.32 (and another
+			// pattern before 2.10.1), its id from 2.32.
+			ts := task.UpdatedDate.Format("2006_01_02_15_04_05")
+			wantName := "task_" + itoa(task.ID) + "_" + sub + "_" + ts + "_coco 1.0.zip"
+			switch v := tt.version; {
+			case v == "2.3.0" || v == "2.10.0":
+				wantName = "task_" + task.Name + "-" + ts + "-coco 1.0.zip"
+			case v < "2.32":
+				wantName = "task_" + task.Name + "_" + sub + "_" + ts + "_coco 1.0.zip"
+			}
 			if diff := cmp.Diff(cvatapi.Export{Size: size, Filename: wantName, ContentType: "application/zip", API: tt.wantAPI}, *x,
 				cmp.FilterPath(func(p cmp.Path) bool { return p.Last().String() == ".Body" }, cmp.Ignore())); diff != "" {
 				t.Errorf("Export (-want +got):\n%s", diff)
