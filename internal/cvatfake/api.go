@@ -113,7 +113,7 @@ func (s *Server) lookupTask(w http.ResponseWriter, r *http.Request) *Task {
 // "data": null and size 0 (the shared serializer struct cannot say so). The
 // caller holds s.mu.
 func (s *Server) restTask(t *Task, base string) json.RawMessage {
-	b, err := json.Marshal(s.taskJSON(t, base, true))
+	b, err := marshal(s.taskJSON(t, base, true))
 	if err != nil {
 		panic(err) // only our own structs are encoded
 	}

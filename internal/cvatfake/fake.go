@@ -30,7 +30,6 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -622,8 +621,9 @@ func writeUnauthorized(w http.ResponseWriter, detail string) {
 
 const mediaType = "application/vnd.cvat+json"
 
+// writeJSON answers v as DRF renders it (no HTML escaping of &, < and >).
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
+	b, err := marshal(v)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
