@@ -402,19 +402,28 @@ func (c *Client) answer(ctx context.Context, k call) (*http.Response, []byte, er
 	return resp, b, err
 }
 
-// doJSON runs k and decodes a 2xx JSON answer into out (nil ignores it).
+// doJSON runs k and decodes a 2xx JSON answer into out (nil ignores it). A
+// GET answered with something that is not JSON (a proxy's page) is retried
+// like a 5xx; other methods are not repeated (the request may have been
+// done).
 func (c *Client) doJSON(ctx context.Context, k call, out any) (*http.Response, error) {
-	resp, b, err := c.answer(ctx, k)
-	if err != nil {
-		return nil, err
+	for attempt := 0; ; attempt++ {
+		resp, b, err := c.answer(ctx, k)
+		if err != nil {
+			return nil, err
+		}
+		if out == nil {
+			return resp, nil
+		}
+		err = decodeJSON(k, resp, b, out)
+		var nj *NotJSONError
+		if err == nil || !errors.As(err, &nj) || k.method != http.MethodGet || attempt >= c.cfg.MaxRetries {
+			return resp, err
+		}
+		if serr := sleep(ctx, c.backoff(attempt, 0)); serr != nil {
+			return nil, fmt.Errorf("%w; gave up waiting to retry: %w", err, serr)
+		}
 	}
-	if out == nil {
-		return resp, nil
-	}
-	if err := decodeJSON(k, resp, b, out); err != nil {
-		return nil, err
-	}
-	return resp, nil
 }
 
 // decodeJSON parses an answer explicitly instead of relying on resty's

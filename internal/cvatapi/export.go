@@ -232,11 +232,20 @@ func (c *Client) requestExport(wctx context.Context, taskID int64, format string
 // text is a missing route: a mismatchError.
 func (c *Client) pollRequest(wctx context.Context, rq string) (st requestStatus, gone bool, err error) {
 	poll := call{method: "GET", route: "/api/requests/{rq_id}", path: "/api/requests/" + url.PathEscape(rq), accept: []int{http.StatusNotFound}}
+	notJSON := 0
 	for wait := c.cfg.PollInterval; ; wait = min(wait*3/2, c.cfg.PollMaxInterval) {
 		resp, b, err := c.answer(wctx, poll)
 		if err != nil {
 			return st, false, err
 		}
+		if ct := resp.Header.Get("Content-Type"); resp.StatusCode == http.StatusOK && ct != "" && !isJSON(ct) && notJSON < c.cfg.MaxRetries {
+			notJSON++ // a proxy's page between polls: poll on
+			if err := sleep(wctx, wait); err != nil {
+				return st, false, fmt.Errorf("waiting for export request: %w", err)
+			}
+			continue
+		}
+		notJSON = 0
 		if resp.StatusCode == http.StatusNotFound {
 			if strings.HasPrefix(strings.TrimSpace(string(b)), "There is no request with specified id") {
 				return st, true, nil

@@ -119,6 +119,17 @@ func TestNotFoundOnlyFromCVAT(t *testing.T) {
 			t.Fatalf("err = %v; want ErrUnavailable, not ErrNotFound", err)
 		}
 	})
+	t.Run("sign-in page with 200 once", func(t *testing.T) {
+		f := cvatfake.New(t, cvatfake.Options{})
+		_, task, _ := seed(f)
+		f.Inject(cvatfake.Fault{Route: "/api/tasks/{id}", Status: 200, ContentType: "text/html", Body: "<html>Sign in</html>", Times: 1})
+		f.Inject(cvatfake.Fault{Route: "/api/requests/{rq_id}", Status: 200, ContentType: "text/html", Body: "<html>Sign in</html>", Times: 1})
+		c := newClient(t, f)
+		if _, err := c.Task(context.Background(), task.ID); err != nil {
+			t.Fatalf("Task: %v", err)
+		}
+		exportCurrent(t, c, f, task.ID)
+	})
 	t.Run("sign-in page with 200", func(t *testing.T) {
 		f := cvatfake.New(t, cvatfake.Options{})
 		_, task, _ := seed(f)
