@@ -116,3 +116,16 @@ func TestTokenSessionsKeepCookie(t *testing.T) {
 		})
 	}
 }
+
+// A proxy that wants its own credentials answers even the open about with
+// 401: an error, not a hang (the version lookup of the 401's hint must not
+// wait for itself).
+func TestUnauthorizedAbout(t *testing.T) {
+	f := cvatfake.New(t, cvatfake.Options{})
+	f.Inject(cvatfake.Fault{Route: "/api/server/about", Status: 401, ContentType: "text/html", Body: "<html>proxy login</html>"})
+	c := newClient(t, f)
+	_, err := c.Task(context.Background(), 1)
+	if !errors.Is(err, cvatapi.ErrUnauthorized) || !strings.Contains(err.Error(), "GET /api/server/about: 401") {
+		t.Fatalf("err = %v", err)
+	}
+}

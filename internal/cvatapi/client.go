@@ -246,7 +246,9 @@ func (c *Client) do(ctx context.Context, k call, stream bool) (*http.Response, c
 		var retryAfter time.Duration
 		if err == nil {
 			se := statusError(k, resp)
-			if se.Code == http.StatusUnauthorized {
+			if se.Code == http.StatusUnauthorized && !k.noAuth {
+				// Not for the open calls: About runs under aboutMu, which
+				// authHint's version lookup takes.
 				se.Credential, se.Hint = cred, c.authHint(ctx)
 			}
 			err = se

@@ -82,7 +82,7 @@ func (e *StatusError) Error() string {
 	if e.Detail != "" {
 		s += ": " + e.Detail
 	}
-	if e.Code == http.StatusUnauthorized {
+	if e.Code == http.StatusUnauthorized && e.Credential != "" {
 		s += " (refused: " + e.Credential + ")"
 		if e.Hint != "" {
 			s += "; " + e.Hint
