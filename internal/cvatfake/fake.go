@@ -488,8 +488,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if org := r.Header.Get("X-Organization"); org != "" {
 		s.mu.Lock()
 		_, ok := s.orgs[org]
+		v := s.ver
 		s.mu.Unlock()
-		if !ok {
+		switch {
+		case ok:
+		case !v.atLeast(2, 4):
+			// 2.3's iam/views.py get_context raises Django's BadRequest,
+			// which DRF does not handle: Django's 400 page.
+			writeText(rec, http.StatusBadRequest, "\n<!doctype html>\n<html lang=\"en\">\n<head>\n  <title>Bad Request (400)</title>\n</head>\n<body>\n  <h1>Bad Request (400)</h1><p></p>\n</body>\n</html>\n")
+			return
+		default:
 			writeJSON(rec, http.StatusNotFound, map[string]string{"detail": org + " organization does not exist."})
 			return
 		}
