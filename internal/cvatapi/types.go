@@ -95,7 +95,11 @@ type ExportOptions struct {
 	UpdatedDate time.Time
 }
 
-// Export is a finished export being downloaded. Body must be closed.
+// Export is a finished export being downloaded. Body must be closed. Body
+// checks what it streams: its Read fails with an error wrapping
+// ErrInvalidArchive when the byte count does not match Content-Length (the
+// content type and the zip signature were checked before ExportTask
+// returned).
 type Export struct {
 	Body        io.ReadCloser
 	Size        int64 // -1 when CVAT sends no Content-Length
