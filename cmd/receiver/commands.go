@@ -187,23 +187,6 @@ func webhookSpec(cfg config.Config) (cvatapi.WebhookSpec, error) {
 	return spec, nil
 }
 
-// versionBefore reports whether CVAT version v ("2.4.0", "2.16.0.dev1") is
-// older than major.minor.patch; unparsable versions are taken as current.
-func versionBefore(v string, major, minor, patch int) bool {
-	parts := strings.SplitN(v, ".", 4)
-	want := []int{major, minor, patch}
-	for i := 0; i < 3 && i < len(parts); i++ {
-		n, err := strconv.Atoi(parts[i])
-		if err != nil {
-			return false
-		}
-		if n != want[i] {
-			return n < want[i]
-		}
-	}
-	return false
-}
-
 // webhookRegister creates or updates the CVAT webhook that points at
 // CVAT_SYNC_PUBLIC_URL; running it again changes nothing.
 func webhookRegister(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
@@ -310,16 +293,20 @@ func outboxTail(ctx context.Context, args []string, getenv func(string) string, 
 
 // versionWarnings says what a CVAT release cannot do that the operator
 // should know at start.
-func versionWarnings(v string, cfg config.Config) []string {
+func versionWarnings(version string, cfg config.Config) []string {
+	v, ok := cvatapi.ParseVersion(version)
+	if !ok {
+		return nil
+	}
 	var out []string
-	if versionBefore(v, 2, 4, 2) {
+	if !v.AtLeast(2, 4, 2) {
 		out = append(out, "this CVAT fires no webhook for annotation saves (only for REST create, update and delete): "+
 			"convergence, every CVAT_SYNC_RECONCILE_INTERVAL ("+cfg.ReconcileInterval.String()+"), is the export engine here")
 		if cfg.ReconcileInterval == 0 {
 			out = append(out, "CVAT_SYNC_RECONCILE_INTERVAL is 0: with this CVAT, annotation saves are never exported; set it (e.g. 10m)")
 		}
 	}
-	if versionBefore(v, 2, 4, 0) {
+	if !v.AtLeast(2, 4, 0) {
 		if !cfg.LegacySignature {
 			out = append(out, "CVAT 2.3 signs every delivery over the body plus a newline: set CVAT_SYNC_LEGACY_SIGNATURE=true or every delivery is refused with 401")
 		}

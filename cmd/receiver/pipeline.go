@@ -96,11 +96,8 @@ func cvatProbe(cv *cvatapi.Client, cfg config.Config) func(ctx context.Context) 
 		if cfg.CVATToken == "" && cfg.CVATUsername == "" {
 			return errors.New("no CVAT credentials: set CVAT_SYNC_CVAT_TOKEN (or _FILE), or CVAT_SYNC_CVAT_USERNAME and CVAT_SYNC_CVAT_PASSWORD")
 		}
-		_, err := cv.Formats(ctx)
-		if errors.Is(err, cvatapi.ErrUnauthorized) {
-			return fmt.Errorf("CVAT refused the credentials (CVAT_SYNC_CVAT_TOKEN / CVAT_SYNC_CVAT_AUTH=%s): %w", cfg.CVATAuth, err)
-		}
-		return err
+		// CheckAuth's error names the setting and the scheme CVAT refused.
+		return cv.CheckAuth(ctx)
 	}
 }
 

@@ -30,6 +30,9 @@ type Task struct {
 	CreatedDate time.Time
 	UpdatedDate time.Time
 	ArchiveSize int64 // bytes of its export archives; default Options.ArchiveSize
+
+	TargetCloudStorageID int64 // non-zero: the task's target storage is this cloud storage (exports go there unless the request says local)
+	NoData               bool  // no data attached: "data" is null, size 0, exports fail as CVAT's do
 }
 
 // Job is a CVAT job in the fake.

@@ -25,6 +25,9 @@ func busy(err error) (*busyError, bool) {
 	if errors.As(err, &m) {
 		return &busyError{reason: m.Error()}, true
 	}
+	if errors.Is(err, cvatapi.ErrStateChanged) {
+		return &busyError{reason: err.Error()}, true
+	}
 	return nil, false
 }
 
@@ -62,6 +65,11 @@ func reasonClass(err error) string {
 // server does not offer, a refusal of the credentials): the worker gives the
 // state up to convergence's slower backoff straight away.
 func permanent(err error) bool {
-	return errors.Is(err, cvatapi.ErrUnknownFormat) || errors.Is(err, cvatapi.ErrUnauthorized) ||
-		errors.Is(err, cvatapi.ErrForbidden)
+	for _, e := range []error{cvatapi.ErrUnknownFormat, cvatapi.ErrUnauthorized, cvatapi.ErrForbidden,
+		cvatapi.ErrNoData, cvatapi.ErrCloudStorage} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }

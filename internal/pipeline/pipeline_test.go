@@ -212,7 +212,7 @@ func TestHiddenIsNotDeleted(t *testing.T) {
 	tk := r.fake.AddTask(cvatfake.Task{Name: "hidden"})
 	r.enqueue(update("update:task", tk))
 	waitUntil(t, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
-	r.fake.HideTask(tk.ID)
+	r.fake.HideTask(tk.ID, true)
 	if res := r.pass(true); res.Deleted != 1 {
 		t.Fatalf("pass: %+v (the hidden task is a deletion candidate)", res)
 	}

@@ -359,7 +359,7 @@ func (s *Syncer) exportFormat(ctx context.Context, st task.State, format string,
 func (s *Syncer) download(ctx context.Context, st task.State, format string, key sink.Key, info sink.CVAT) (sink.Object, error) {
 	start := s.cfg.Now()
 	s.cfg.Logger.Info("export started", "task_id", st.ID, "format", format, "updated_date", st.UpdatedDate)
-	ex, err := s.cfg.CVAT.ExportTask(ctx, st.ID, format, cvatapi.ExportOptions{SaveImages: s.cfg.SaveImages})
+	ex, err := s.cfg.CVAT.ExportTask(ctx, st.ID, format, cvatapi.ExportOptions{SaveImages: s.cfg.SaveImages, UpdatedDate: st.UpdatedDate})
 	if err != nil {
 		if errors.Is(err, cvatapi.ErrNotFound) {
 			return sink.Object{}, &busyError{until: s.cfg.Now().Add(s.cfg.ConfirmDelay), reason: "task not found during its export; checking again"}
