@@ -59,6 +59,8 @@ type ConvergerConfig struct {
 	// RequeueAfter: a state enqueued less than this ago is not enqueued
 	// again by a pass; default 30m.
 	RequeueAfter time.Duration
+	// PageSize of the task listings; default listPageSize.
+	PageSize int
 	Metrics      *Metrics
 	Logger       *slog.Logger
 	Now          func() time.Time
@@ -120,6 +122,9 @@ func NewConverger(cfg ConvergerConfig) (*Converger, error) {
 	}
 	if cfg.RequeueAfter <= 0 {
 		cfg.RequeueAfter = 30 * time.Minute
+	}
+	if cfg.PageSize <= 0 {
+		cfg.PageSize = listPageSize
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -255,7 +260,7 @@ func (c *Converger) pass(ctx context.Context, full bool) (PassResult, error) {
 	}
 	c.m.seeLastSuccess(lastAnnounced)
 
-	filter := cvatapi.TaskFilter{PageSize: listPageSize}
+	filter := cvatapi.TaskFilter{PageSize: c.cfg.PageSize}
 	if !full && !cur.Watermark.IsZero() {
 		filter.UpdatedSince = cur.Watermark.Add(-c.cfg.Margin)
 	}
@@ -486,7 +491,7 @@ func (c *Converger) ProjectChanged(ctx context.Context, projectID int64, trig ta
 	since := c.since
 	c.mu.Unlock()
 	n := 0
-	err := c.cfg.CVAT.ListTasks(ctx, cvatapi.TaskFilter{ProjectID: projectID}, func(t cvatapi.Task) error {
+	err := c.cfg.CVAT.ListTasks(ctx, cvatapi.TaskFilter{ProjectID: projectID, PageSize: c.cfg.PageSize}, func(t cvatapi.Task) error {
 		st := stateOf(t)
 		rec := recs[st.ID]
 		if !c.inScope(st, rec, since) || rec.Current(c.cfg.Formats, st.UpdatedDate) {

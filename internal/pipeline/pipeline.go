@@ -59,6 +59,7 @@ type Config struct {
 
 	// Test knobs; zero takes the component's default.
 	Tick, RetryMin, RetryMax, HoldMax, ConfirmDelay time.Duration
+	ListPageSize                                    int
 }
 
 // Pipeline runs the worker and the converger.
@@ -95,7 +96,7 @@ func New(cfg Config) (*Pipeline, error) {
 	}
 	c, err := NewConverger(ConvergerConfig{CVAT: cfg.CVAT, Records: cfg.Records, Queue: cfg.Queue, Formats: cfg.Formats,
 		Policy: s.Policy(), Interval: cfg.ReconcileInterval, FullInterval: cfg.FullReconcileInterval, Since: cfg.Since,
-		MaxDeleteFraction: cfg.MaxDeleteFraction, Metrics: m, Logger: cfg.Logger.With("component", "converger"), Now: cfg.Now})
+		MaxDeleteFraction: cfg.MaxDeleteFraction, PageSize: cfg.ListPageSize, Metrics: m, Logger: cfg.Logger.With("component", "converger"), Now: cfg.Now})
 	if err != nil {
 		return nil, err
 	}
