@@ -61,9 +61,9 @@ type ConvergerConfig struct {
 	RequeueAfter time.Duration
 	// PageSize of the task listings; default listPageSize.
 	PageSize int
-	Metrics      *Metrics
-	Logger       *slog.Logger
-	Now          func() time.Time
+	Metrics  *Metrics
+	Logger   *slog.Logger
+	Now      func() time.Time
 }
 
 // deleteFloor: the deletion guard applies only above this many deletions.

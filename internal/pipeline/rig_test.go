@@ -148,7 +148,7 @@ func newRig(t *testing.T, o rigOptions) *rig {
 		MaxAttempts: o.maxAttempts, Since: o.since, MaxDeleteFraction: o.maxDelete,
 		Tick: 5 * time.Millisecond, RetryMin: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond, ConfirmDelay: 10 * time.Millisecond,
 		ListPageSize: 2,
-		Registerer: r.reg, Logger: log, Now: r.now}
+		Registerer:   r.reg, Logger: log, Now: r.now}
 	recv, err := inbox.NewReceiver(inbox.ReceiverConfig{Subscriber: r.client.Subscriber("inbox"), DeadLetters: dead, Hold: LeaseHold(cfg), Logger: log})
 	if err != nil {
 		t.Fatal(err)
