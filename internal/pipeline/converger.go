@@ -25,6 +25,13 @@ const (
 	passIncremental = "incremental"
 )
 
+// The names of the events the service enqueues for itself (the trigger's
+// event in their notices), beside CVAT's own and "reconcile"/"backfill".
+const (
+	EventProject        = "project"         // a task behind, found after a project changed
+	EventProjectDeleted = "project-deleted" // a task of a deleted project, checked for its deletion
+)
+
 // Since settings (CVAT_SYNC_SYNC_SINCE) besides a time or a duration.
 const (
 	SinceFirstStart = "first-start"
@@ -498,7 +505,7 @@ func (c *Converger) ProjectChanged(ctx context.Context, projectID int64, trig ta
 			return nil
 		}
 		n++
-		return c.enqueue(ctx, task.Event{Name: trig.Event, Resource: task.ResourceTask, Action: task.ActionUpdate,
+		return c.enqueue(ctx, task.Event{Name: EventProject, Resource: task.ResourceTask, Action: task.ActionUpdate,
 			TaskID: st.ID, ProjectID: projectID, OrganizationID: st.OrganizationID, Status: st.Status, UpdatedDate: st.UpdatedDate,
 			WebhookID: trig.WebhookID, Sender: trig.Sender, ReceivedAt: c.cfg.Now().UTC(), Source: task.SourceWebhook}, reasonBehind)
 	})
@@ -531,7 +538,7 @@ func (c *Converger) ProjectDeleted(ctx context.Context, projectID int64, trig ta
 		return 0, err
 	}
 	for _, r := range recs {
-		if err := c.enqueue(ctx, task.Event{Name: trig.Event, Resource: task.ResourceTask, Action: task.ActionDelete,
+		if err := c.enqueue(ctx, task.Event{Name: EventProjectDeleted, Resource: task.ResourceTask, Action: task.ActionDelete,
 			TaskID: r.TaskID, ProjectID: projectID, OrganizationID: r.Task.OrganizationID, TaskName: r.Task.Name,
 			UpdatedDate: r.Task.UpdatedDate, WebhookID: trig.WebhookID, Sender: trig.Sender,
 			ReceivedAt: c.cfg.Now().UTC(), Source: task.SourceWebhook}, reasonDeleted); err != nil {
