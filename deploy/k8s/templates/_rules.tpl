@@ -77,6 +77,8 @@ every alert.
       for: 10m
       labels:
         severity: {{ $warn }}
+        # Also in the series: makes the two rules of this alert distinct for `promtool check rules`.
+        kind: {{ $kind }}
       annotations:
         summary: {{ printf "No successful %s reconcile pass for %s" $kind (include "cvat-sync.seconds" (index $t.reconcileStaleSeconds $kind)) | quote }}
         description: {{ printf "The last %s convergence pass that succeeded ended {{ $value | humanizeDuration }} ago (passes every %s); changes made in CVAT without a webhook%s are not exported meanwhile. See cvat_sync_reconcile_passes_total{outcome=\"failed\"|\"partial\"} and the receiver's log (CVAT unreachable, credentials refused, pages that kept failing)." $kind (toString $every) (ternary ", and deletions," "" (eq $kind "full")) | quote }}
