@@ -361,16 +361,17 @@ if (CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -o "$BIN" ./cmd/rec
   env -i PATH="$PATH" HOME="$WORK" CVAT_SYNC_DATA_DIR="$WORK/data" CVAT_SYNC_WEBHOOK_SECRET=chart-check \
     CVAT_SYNC_LISTEN="127.0.0.1:$PORT" CVAT_SYNC_CVAT_URL="http://127.0.0.1:$CLOSED" "$BIN" serve >"$WORK/receiver.log" 2>&1 &
   RPID=$!
+  get() { python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "$1" 2>/dev/null; }
   up=""
   for _ in $(seq 1 120); do
     kill -0 "$RPID" 2>/dev/null || break
-    curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$PORT/healthz" && { up=1; break; }
+    get "http://127.0.0.1:$PORT/healthz" >/dev/null && { up=1; break; }
     sleep 0.25
   done
   if [ -n "$up" ]; then
     # Give the background probes a few seconds to report the dependencies.
     for _ in $(seq 1 20); do
-      curl -s --max-time 5 "http://127.0.0.1:$PORT/metrics" >"$WORK/metrics.txt"
+      get "http://127.0.0.1:$PORT/metrics" >"$WORK/metrics.txt"
       grep -q '^cvat_sync_dependency_up' "$WORK/metrics.txt" && break
       sleep 0.5
     done
