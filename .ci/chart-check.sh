@@ -96,7 +96,7 @@ go_install() {
   local name="$1" version="$2" pkg="$3" ldflags="$4" dest="$KIT_CACHE/bin/$1-$2" tmp try
   if [ -x "$dest" ]; then printf '%s\n' "$dest"; return 0; fi
   mkdir -p "$KIT_CACHE/bin" && tmp="$(mktemp -d "$KIT_CACHE/bin/.install-$name.XXXXXX")" || return 1
-  echo "chart-check: installing $name $version: go install $pkg@$version (first run only; helm takes about 6 minutes)" >&2
+  echo "chart-check: installing $name $version: go install $pkg@$version (first run only; helm takes 5 to 12 minutes on 2 cores)" >&2
   for try in 1 2; do
     if (cd "$tmp" && GOBIN="$tmp" GOFLAGS="" CGO_ENABLED=0 timeout 900 go install -trimpath -ldflags "$ldflags" "$pkg@$version") >&2; then
       mv -f "$tmp/$name" "$dest" && rm -rf "$tmp" && printf '%s\n' "$dest" && return 0
