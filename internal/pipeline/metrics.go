@@ -180,8 +180,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	return m, nil
 }
 
-// initFormats starts the per-format series at 0.
-func (m *Metrics) initFormats(formats []string) {
+// InitFormats starts the per-format series at 0.
+func (m *Metrics) InitFormats(formats []string) {
 	for _, f := range formats {
 		m.bytes.WithLabelValues(f)
 		for _, o := range []Outcome{OutcomeExported, OutcomeAnnounced, OutcomeUnchanged, OutcomeFailed} {

@@ -53,6 +53,9 @@ type Config struct {
 	Since                 string
 	MaxDeleteFraction     float64
 
+	// Metrics, if set, are the pipeline's metrics (NewMetrics); else New
+	// registers them on Registerer.
+	Metrics    *Metrics
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
 	Now        func() time.Time
@@ -83,11 +86,14 @@ func New(cfg Config) (*Pipeline, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	m, err := NewMetrics(cfg.Registerer)
-	if err != nil {
-		return nil, err
+	m := cfg.Metrics
+	if m == nil {
+		var err error
+		if m, err = NewMetrics(cfg.Registerer); err != nil {
+			return nil, err
+		}
 	}
-	m.initFormats(cfg.Formats)
+	m.InitFormats(cfg.Formats)
 	s, err := NewSyncer(SyncerConfig{CVAT: cfg.CVAT, Archives: cfg.Archives, Records: cfg.Records, Outbox: cfg.Outbox,
 		Formats: cfg.Formats, SaveImages: cfg.SaveImages, Policy: cfg.Policy, ConfirmDelay: cfg.ConfirmDelay,
 		Metrics: m, Logger: cfg.Logger.With("component", "syncer"), Now: cfg.Now})
