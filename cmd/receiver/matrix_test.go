@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -143,4 +144,58 @@ func savesFireWebhooks(version string) bool {
 		return false
 	}
 	return true
+}
+
+// TestRedeliveryAfterDowntime: deliveries CVAT made while the service was
+// down fail (CVAT records a 502 for the refused connection); once the
+// service is back it reads CVAT's delivery log of its webhook, the metric of
+// CVAT's failed deliveries moves, it asks CVAT to redeliver them, and the
+// save is exported: with convergence off, only the redelivery can do that.
+func TestRedeliveryAfterDowntime(t *testing.T) {
+	t.Parallel()
+	em := newEmulators(t)
+	f := cvatfake.New(t, cvatfake.Options{Version: "2.64.0", ExportPolls: -1})
+	p := f.AddProject(cvatfake.Project{Name: "p"})
+	tk := f.AddTask(cvatfake.Task{ProjectID: p.ID})
+	job := f.AddJob(cvatfake.Job{TaskID: tk.ID})
+	addr := freeAddr(t)
+	env := em.env(pipelineEnv(f, map[string]string{
+		"CVAT_SYNC_LISTEN":             addr,
+		"CVAT_SYNC_PUBLIC_URL":         "http://" + addr,
+		"CVAT_SYNC_WEBHOOK_PROJECT_ID": itoa(p.ID),
+		"CVAT_SYNC_REDELIVER":          "true",
+	}))
+	if out, err := runCmd(t, env, "webhook", "register"); err != nil {
+		t.Fatalf("register: %v\n%s", err, out)
+	}
+	// The service is down: CVAT's deliveries fail.
+	evs, err := f.SaveAnnotations(job.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sent := range f.Dispatch(context.Background(), evs...) {
+		if sent.Err == nil && sent.Result.StatusCode/100 == 2 {
+			t.Fatalf("a delivery to a stopped service succeeded: %+v", sent)
+		}
+	}
+	s := startService(t, env)
+	waitFor(t, 60*time.Second, "the failed deliveries seen", func() bool {
+		return s.metric(t, "cvat_sync_cvat_failed_deliveries") >= 1
+	})
+	waitFor(t, 60*time.Second, "the export of the redelivered save", func() bool { return len(em.notices(t)) == 1 })
+	if n := s.metric(t, "cvat_sync_cvat_redeliveries_total", `outcome="requested"`); n < 1 {
+		t.Errorf("redeliveries requested: %v", n)
+	}
+}
+
+// freeAddr is a loopback address free now, for a service that must come
+// back on the same address (the webhook's target URL).
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }

@@ -172,10 +172,22 @@ func ParseSince(s string, now time.Time) (time.Time, error) {
 // Interval (full when FullInterval has passed since the last full one). A
 // failed pass is retried sooner, backing off up to Interval.
 func (c *Converger) Run(ctx context.Context) {
-	if c.cfg.Interval <= 0 {
-		return
-	}
 	retry := 5 * time.Second
+	if c.cfg.Interval <= 0 {
+		// No passes; the scope is still fixed at the first start, so that
+		// turning convergence on later exports what changed since then.
+		for {
+			err := c.fixScope(ctx)
+			if err == nil || ctx.Err() != nil {
+				return
+			}
+			c.cfg.Logger.Warn("could not fix the convergence scope yet", "retry_in", retry.String(), "error", err.Error())
+			if sleepCtx(ctx, retry) != nil {
+				return
+			}
+			retry = min(2*retry, 5*time.Minute)
+		}
+	}
 	for {
 		wait := c.cfg.Interval
 		if _, err := c.Pass(ctx, c.fullDue()); err != nil {
@@ -383,6 +395,16 @@ func (c *Converger) pass(ctx context.Context, full bool) (PassResult, error) {
 		"listed", res.Listed, "behind", res.Behind, "failing", res.Failing, "enqueued", res.Enqueued,
 		"deleted", res.Deleted, "blocked", res.Blocked, "partial", res.Partial, "took", c.cfg.Now().Sub(started).String())
 	return res, nil
+}
+
+// fixScope resolves and stores the scope's start (see cursor).
+func (c *Converger) fixScope(ctx context.Context) error {
+	clock, err := c.cfg.CVAT.Clock(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = c.cursor(ctx, clock)
+	return err
 }
 
 // cursor reads the persisted progress and resolves the scope's start: on
