@@ -259,7 +259,7 @@ func (c *Converger) pass(ctx context.Context, full bool) (PassResult, error) {
 		return res, err
 	}
 	c.mu.Lock()
-	if c.known == nil || len(c.known) == 0 {
+	if len(c.known) == 0 {
 		full = true // nothing known yet: an incremental pass could not judge
 	}
 	c.offset = clock.Sub(c.cfg.Now())
