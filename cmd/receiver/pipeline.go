@@ -63,13 +63,13 @@ func newSyncer(cv *cvatapi.Client, s stores, cfg config.Config, log *slog.Logger
 
 // startPipeline builds and starts the worker and the converger on the inbox.
 func startPipeline(ctx context.Context, env *cloud.Env, cv *cvatapi.Client, queue *inbox.Queue, s stores, cfg config.Config,
-	reg prometheus.Registerer, log *slog.Logger) (*pipeline.Pipeline, func(), error) {
+	pm *pipeline.Metrics, reg prometheus.Registerer, log *slog.Logger) (*pipeline.Pipeline, func(), error) {
 	dlq := inbox.NewDeadLetters(env.PubSub.Publisher(cfg.DeadLetterTopic))
 	pcfg := pipeline.Config{CVAT: cv, Archives: s.archives, Records: s.records, Outbox: s.outbox, Queue: queue, DeadLetters: dlq,
 		Formats: cfg.ExportFormats, SaveImages: cfg.SaveImages, Policy: policy(cfg),
 		Debounce: cfg.Debounce, MaxWait: cfg.MaxWait, MaxAttempts: cfg.MaxAttempts,
 		ReconcileInterval: cfg.ReconcileInterval, FullReconcileInterval: cfg.FullReconcileInterval,
-		Since: cfg.SyncSince, MaxDeleteFraction: cfg.MaxDeleteFraction, Registerer: reg, Logger: log}
+		Since: cfg.SyncSince, MaxDeleteFraction: cfg.MaxDeleteFraction, Metrics: pm, Registerer: reg, Logger: log}
 	recv, err := inbox.NewReceiver(inbox.ReceiverConfig{Subscriber: env.PubSub.Subscriber(cfg.InboxSubscription),
 		DeadLetters: dlq, Hold: pipeline.LeaseHold(pcfg), Logger: log.With("component", "inbox")})
 	if err != nil {

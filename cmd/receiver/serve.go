@@ -112,6 +112,16 @@ func serve(ctx context.Context, cfg config.Config, getenv func(string) string, s
 	if err != nil {
 		return err
 	}
+	// The pipeline's and the redeliverer's series exist from the start,
+	// whatever runs, so alerts and panels see 0 rather than nothing.
+	pm, err := pipeline.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	pm.InitFormats(cfg.ExportFormats)
+	if _, err := redeliver.RegisterMetrics(reg); err != nil {
+		return err
+	}
 	var checks []webhook.Check
 	for _, name := range []string{"pubsub", "gcs", "cvat"} {
 		checks = append(checks, webhook.Check{Name: name, Required: name != "cvat", Run: mon.Check(name)})
@@ -157,7 +167,7 @@ func serve(ctx context.Context, cfg config.Config, getenv func(string) string, s
 			return err
 		}
 		defer s.outbox.Stop()
-		p, stopDLQ, err := startPipeline(ctx, env, cv, queue, s, cfg, reg, log)
+		p, stopDLQ, err := startPipeline(ctx, env, cv, queue, s, cfg, pm, reg, log)
 		if err != nil {
 			return err
 		}

@@ -25,6 +25,13 @@ const (
 	passIncremental = "incremental"
 )
 
+// The names of the events the service enqueues for itself (the trigger's
+// event in their notices), beside CVAT's own and "reconcile"/"backfill".
+const (
+	EventProject        = "project"         // a task behind, found after a project changed
+	EventProjectDeleted = "project-deleted" // a task of a deleted project, checked for its deletion
+)
+
 // Since settings (CVAT_SYNC_SYNC_SINCE) besides a time or a duration.
 const (
 	SinceFirstStart = "first-start"
@@ -59,9 +66,11 @@ type ConvergerConfig struct {
 	// RequeueAfter: a state enqueued less than this ago is not enqueued
 	// again by a pass; default 30m.
 	RequeueAfter time.Duration
-	Metrics      *Metrics
-	Logger       *slog.Logger
-	Now          func() time.Time
+	// PageSize of the task listings; default listPageSize.
+	PageSize int
+	Metrics  *Metrics
+	Logger   *slog.Logger
+	Now      func() time.Time
 }
 
 // deleteFloor: the deletion guard applies only above this many deletions.
@@ -121,6 +130,9 @@ func NewConverger(cfg ConvergerConfig) (*Converger, error) {
 	if cfg.RequeueAfter <= 0 {
 		cfg.RequeueAfter = 30 * time.Minute
 	}
+	if cfg.PageSize <= 0 {
+		cfg.PageSize = listPageSize
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -160,10 +172,22 @@ func ParseSince(s string, now time.Time) (time.Time, error) {
 // Interval (full when FullInterval has passed since the last full one). A
 // failed pass is retried sooner, backing off up to Interval.
 func (c *Converger) Run(ctx context.Context) {
-	if c.cfg.Interval <= 0 {
-		return
-	}
 	retry := 5 * time.Second
+	if c.cfg.Interval <= 0 {
+		// No passes; the scope is still fixed at the first start, so that
+		// turning convergence on later exports what changed since then.
+		for {
+			err := c.fixScope(ctx)
+			if err == nil || ctx.Err() != nil {
+				return
+			}
+			c.cfg.Logger.Warn("could not fix the convergence scope yet", "retry_in", retry.String(), "error", err.Error())
+			if sleepCtx(ctx, retry) != nil {
+				return
+			}
+			retry = min(2*retry, 5*time.Minute)
+		}
+	}
 	for {
 		wait := c.cfg.Interval
 		if _, err := c.Pass(ctx, c.fullDue()); err != nil {
@@ -255,7 +279,7 @@ func (c *Converger) pass(ctx context.Context, full bool) (PassResult, error) {
 	}
 	c.m.seeLastSuccess(lastAnnounced)
 
-	filter := cvatapi.TaskFilter{PageSize: listPageSize}
+	filter := cvatapi.TaskFilter{PageSize: c.cfg.PageSize}
 	if !full && !cur.Watermark.IsZero() {
 		filter.UpdatedSince = cur.Watermark.Add(-c.cfg.Margin)
 	}
@@ -373,6 +397,16 @@ func (c *Converger) pass(ctx context.Context, full bool) (PassResult, error) {
 	return res, nil
 }
 
+// fixScope resolves and stores the scope's start (see cursor).
+func (c *Converger) fixScope(ctx context.Context) error {
+	clock, err := c.cfg.CVAT.Clock(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = c.cursor(ctx, clock)
+	return err
+}
+
 // cursor reads the persisted progress and resolves the scope's start: on
 // the first start with SinceFirstStart it is CVAT's time now, stored so a
 // restart or a rollout keeps it.
@@ -486,14 +520,14 @@ func (c *Converger) ProjectChanged(ctx context.Context, projectID int64, trig ta
 	since := c.since
 	c.mu.Unlock()
 	n := 0
-	err := c.cfg.CVAT.ListTasks(ctx, cvatapi.TaskFilter{ProjectID: projectID}, func(t cvatapi.Task) error {
+	err := c.cfg.CVAT.ListTasks(ctx, cvatapi.TaskFilter{ProjectID: projectID, PageSize: c.cfg.PageSize}, func(t cvatapi.Task) error {
 		st := stateOf(t)
 		rec := recs[st.ID]
 		if !c.inScope(st, rec, since) || rec.Current(c.cfg.Formats, st.UpdatedDate) {
 			return nil
 		}
 		n++
-		return c.enqueue(ctx, task.Event{Name: trig.Event, Resource: task.ResourceTask, Action: task.ActionUpdate,
+		return c.enqueue(ctx, task.Event{Name: EventProject, Resource: task.ResourceTask, Action: task.ActionUpdate,
 			TaskID: st.ID, ProjectID: projectID, OrganizationID: st.OrganizationID, Status: st.Status, UpdatedDate: st.UpdatedDate,
 			WebhookID: trig.WebhookID, Sender: trig.Sender, ReceivedAt: c.cfg.Now().UTC(), Source: task.SourceWebhook}, reasonBehind)
 	})
@@ -526,7 +560,7 @@ func (c *Converger) ProjectDeleted(ctx context.Context, projectID int64, trig ta
 		return 0, err
 	}
 	for _, r := range recs {
-		if err := c.enqueue(ctx, task.Event{Name: trig.Event, Resource: task.ResourceTask, Action: task.ActionDelete,
+		if err := c.enqueue(ctx, task.Event{Name: EventProjectDeleted, Resource: task.ResourceTask, Action: task.ActionDelete,
 			TaskID: r.TaskID, ProjectID: projectID, OrganizationID: r.Task.OrganizationID, TaskName: r.Task.Name,
 			UpdatedDate: r.Task.UpdatedDate, WebhookID: trig.WebhookID, Sender: trig.Sender,
 			ReceivedAt: c.cfg.Now().UTC(), Source: task.SourceWebhook}, reasonDeleted); err != nil {

@@ -170,6 +170,9 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		for _, o := range []string{"ok", "partial", "failed"} {
 			m.passes.WithLabelValues(k, o)
 		}
+		// 0 until a pass succeeds in this process: alerts read it as "none
+		// since the process started" (process_start_time_seconds).
+		m.passSuccess.WithLabelValues(k)
 	}
 	for _, reason := range []string{reasonBehind, reasonRetry, reasonDeleted} {
 		m.enqueued.WithLabelValues(reason)
@@ -180,8 +183,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	return m, nil
 }
 
-// initFormats starts the per-format series at 0.
-func (m *Metrics) initFormats(formats []string) {
+// InitFormats starts the per-format series at 0.
+func (m *Metrics) InitFormats(formats []string) {
 	for _, f := range formats {
 		m.bytes.WithLabelValues(f)
 		for _, o := range []Outcome{OutcomeExported, OutcomeAnnounced, OutcomeUnchanged, OutcomeFailed} {

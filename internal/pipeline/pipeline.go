@@ -53,12 +53,16 @@ type Config struct {
 	Since                 string
 	MaxDeleteFraction     float64
 
+	// Metrics, if set, are the pipeline's metrics (NewMetrics); else New
+	// registers them on Registerer.
+	Metrics    *Metrics
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
 	Now        func() time.Time
 
 	// Test knobs; zero takes the component's default.
 	Tick, RetryMin, RetryMax, HoldMax, ConfirmDelay time.Duration
+	ListPageSize                                    int
 }
 
 // Pipeline runs the worker and the converger.
@@ -82,11 +86,14 @@ func New(cfg Config) (*Pipeline, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	m, err := NewMetrics(cfg.Registerer)
-	if err != nil {
-		return nil, err
+	m := cfg.Metrics
+	if m == nil {
+		var err error
+		if m, err = NewMetrics(cfg.Registerer); err != nil {
+			return nil, err
+		}
 	}
-	m.initFormats(cfg.Formats)
+	m.InitFormats(cfg.Formats)
 	s, err := NewSyncer(SyncerConfig{CVAT: cfg.CVAT, Archives: cfg.Archives, Records: cfg.Records, Outbox: cfg.Outbox,
 		Formats: cfg.Formats, SaveImages: cfg.SaveImages, Policy: cfg.Policy, ConfirmDelay: cfg.ConfirmDelay,
 		Metrics: m, Logger: cfg.Logger.With("component", "syncer"), Now: cfg.Now})
@@ -95,7 +102,7 @@ func New(cfg Config) (*Pipeline, error) {
 	}
 	c, err := NewConverger(ConvergerConfig{CVAT: cfg.CVAT, Records: cfg.Records, Queue: cfg.Queue, Formats: cfg.Formats,
 		Policy: s.Policy(), Interval: cfg.ReconcileInterval, FullInterval: cfg.FullReconcileInterval, Since: cfg.Since,
-		MaxDeleteFraction: cfg.MaxDeleteFraction, Metrics: m, Logger: cfg.Logger.With("component", "converger"), Now: cfg.Now})
+		MaxDeleteFraction: cfg.MaxDeleteFraction, PageSize: cfg.ListPageSize, Metrics: m, Logger: cfg.Logger.With("component", "converger"), Now: cfg.Now})
 	if err != nil {
 		return nil, err
 	}

@@ -488,3 +488,85 @@ func TestHeldUntilSynced(t *testing.T) {
 	waitUntil(t, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
 	waitUntil(t, "the ack after the export", func() bool { return inboxAcks() == 1 })
 }
+
+// TestHTMLDownloadNotAnnounced: a download that is not an archive (a
+// proxy's sign-in page answered 200 text/html) is a failed export: nothing
+// stored, nothing announced, until CVAT serves the real archive, which is
+// then announced once.
+func TestHTMLDownloadNotAnnounced(t *testing.T) {
+	r := newRig(t, rigOptions{maxAttempts: 5})
+	tk := r.fake.AddTask(cvatfake.Task{Name: "t"})
+	r.fake.Inject(cvatfake.Fault{Method: http.MethodGet, Route: "/api/tasks/{id}/dataset/download", Status: http.StatusOK,
+		ContentType: "text/html; charset=utf-8", Body: "<!DOCTYPE html><title>Sign in</title>", Times: 2})
+	r.enqueue(update("update:task", tk))
+	waitUntil(t, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
+	if got := testutil.ToFloat64(r.p.m.retries); got != 2 {
+		t.Errorf("%v failed attempts, want the 2 HTML pages", got)
+	}
+	n := r.noticesOf(sink.KindExported, tk.ID)[0]
+	want, _, _ := r.fake.ExpectedArchive(tk.ID, rigFormat)
+	assertObject(t, r, n.Object.Name, want)
+}
+
+// TestClockBehind: with CVAT's clock 10 minutes behind ours, an incremental
+// pass still finds a change made without a webhook: its window comes from
+// CVAT's clock (its Date header), not ours.
+func TestClockBehind(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	r.fake.SetClockOffset(-10 * time.Minute)
+	tk := r.fake.AddTask(cvatfake.Task{Name: "t"})
+	r.pass(true)
+	waitUntil(t, "the first export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
+	if _, err := r.fake.TouchTask(tk.ID); err != nil { // no webhook
+		t.Fatal(err)
+	}
+	if res := r.pass(false); res.Enqueued != 1 || res.Kind != passIncremental {
+		t.Fatalf("incremental pass: %+v", res)
+	}
+	waitUntil(t, "the change exported", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 2 })
+}
+
+// TestPoisonPage: one task-list page that always answers 500 does not stop
+// the others: every task on the other pages converges, and no deletion is
+// decided from the incomplete listing.
+func TestPoisonPage(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	var tasks []cvatfake.Task
+	for range 6 { // three pages of two
+		tasks = append(tasks, r.fake.AddTask(cvatfake.Task{Name: "t"}))
+	}
+	r.fake.Inject(cvatfake.Fault{Method: http.MethodGet, Route: "/api/tasks", Query: map[string][]string{"page": {"2"}}, Status: http.StatusInternalServerError})
+	res := r.pass(true)
+	if !res.Partial || res.Enqueued != 4 || res.Deleted != 0 {
+		t.Fatalf("pass: %+v", res)
+	}
+	waitUntil(t, "the other pages exported", func() bool { return len(r.notices()) == 4 })
+	for _, tk := range []cvatfake.Task{tasks[0], tasks[1], tasks[4], tasks[5]} {
+		if len(r.noticesOf(sink.KindExported, tk.ID)) != 1 {
+			t.Errorf("task %d not exported", tk.ID)
+		}
+	}
+	if got := testutil.ToFloat64(r.p.m.passes.WithLabelValues(passFull, "partial")); got != 1 {
+		t.Errorf("partial passes %v", got)
+	}
+}
+
+// TestCVATUpgradedWhileRunning: CVAT goes from 2.15 (legacy export API) to
+// 2.40 (the legacy API answers 410) while the service runs: exports go on.
+func TestCVATUpgradedWhileRunning(t *testing.T) {
+	r := newRig(t, rigOptions{fake: cvatfake.Options{Version: "2.15.0"}})
+	tk := r.fake.AddTask(cvatfake.Task{Name: "t"})
+	r.enqueue(update("update:task", tk))
+	waitUntil(t, "the export on 2.15", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
+	if err := r.fake.SetVersion("2.40.0"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.fake.TouchTask(tk.ID); err != nil {
+		t.Fatal(err)
+	}
+	r.enqueue(update("update:task", tk))
+	waitUntil(t, "the export on 2.40", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 2 })
+	if len(r.dead()) != 0 {
+		t.Error("dead letters across the upgrade")
+	}
+}

@@ -147,7 +147,8 @@ func newRig(t *testing.T, o rigOptions) *rig {
 		Formats: []string{rigFormat}, Policy: o.policy, Debounce: o.debounce, MaxWait: max(time.Second, 2*o.debounce),
 		MaxAttempts: o.maxAttempts, Since: o.since, MaxDeleteFraction: o.maxDelete,
 		Tick: 5 * time.Millisecond, RetryMin: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond, ConfirmDelay: 10 * time.Millisecond,
-		Registerer: r.reg, Logger: log, Now: r.now}
+		ListPageSize: 2,
+		Registerer:   r.reg, Logger: log, Now: r.now}
 	recv, err := inbox.NewReceiver(inbox.ReceiverConfig{Subscriber: r.client.Subscriber("inbox"), DeadLetters: dead, Hold: LeaseHold(cfg), Logger: log})
 	if err != nil {
 		t.Fatal(err)

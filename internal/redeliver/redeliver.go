@@ -36,6 +36,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cvat-sync/cvat-sync/internal/cvatapi"
+	"github.com/cvat-sync/cvat-sync/internal/metrics"
 )
 
 // CVAT is what the redeliverer needs of CVAT; *cvatapi.Client has it. The
@@ -135,32 +136,44 @@ func New(cfg Config) (*Redeliverer, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Redeliverer{
-		cfg: cfg,
-		log: log,
-		failed: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+	m, err := RegisterMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Redeliverer{cfg: cfg, log: log, failed: m.failed, redelivered: m.redelivered, done: map[string]time.Time{}}, nil
+}
+
+// Metrics are the redeliverer's metrics.
+type Metrics struct {
+	failed      *prometheus.GaugeVec
+	redelivered *prometheus.CounterVec
+}
+
+// RegisterMetrics registers the redeliverer's metrics on reg (nil:
+// nowhere), every series at 0. New calls it; a service that runs no
+// redeliverer (no webhook to read) calls it too, so the series exist
+// whatever the configuration and dashboards show 0, not "No data".
+func RegisterMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	r := &metrics.Registrar{Reg: reg}
+	m := &Metrics{
+		failed: metrics.Must(r, prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "cvat_sync_cvat_failed_deliveries",
 			Help: "Payloads whose latest delivery to our webhook CVAT's log shows as failed (and not yet recovered), by status class.",
-		}, []string{"status"}),
-		redelivered: prometheus.NewCounterVec(prometheus.CounterOpts{
+		}, []string{"status"})),
+		redelivered: metrics.Must(r, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cvat_sync_cvat_redeliveries_total",
 			Help: "Redeliveries asked of CVAT, by outcome of the request (requested, failed).",
-		}, []string{"outcome"}),
-		done: map[string]time.Time{},
+		}, []string{"outcome"})),
+	}
+	if r.Err != nil {
+		return nil, fmt.Errorf("redeliver: %w", r.Err)
 	}
 	for _, c := range classes {
-		r.failed.WithLabelValues(c)
+		m.failed.WithLabelValues(c)
 	}
-	r.redelivered.WithLabelValues("requested")
-	r.redelivered.WithLabelValues("failed")
-	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{r.failed, r.redelivered} {
-			if err := cfg.Registerer.Register(c); err != nil {
-				return nil, fmt.Errorf("redeliver: register metrics: %w", err)
-			}
-		}
-	}
-	return r, nil
+	m.redelivered.WithLabelValues("requested")
+	m.redelivered.WithLabelValues("failed")
+	return m, nil
 }
 
 // Run scans at once and then every Interval until ctx ends; a failed scan is

@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 
@@ -434,7 +435,11 @@ func TestNew(t *testing.T) {
 	if _, err := redeliver.New(cfg); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := redeliver.New(cfg); err == nil {
-		t.Error("registered the metrics twice without an error")
+	// A second one on the same registry shares the series (internal/metrics).
+	if _, err := redeliver.New(cfg); err != nil {
+		t.Errorf("second New on one registry: %v", err)
+	}
+	if n, err := testutil.GatherAndCount(reg, "cvat_sync_cvat_failed_deliveries"); err != nil || n != 4 {
+		t.Errorf("failed-deliveries series: %d, %v; want the 4 classes once", n, err)
 	}
 }
