@@ -150,8 +150,8 @@ func TestUsageErrors(t *testing.T) {
 		want string
 	}{
 		{[]string{"frobnicate"}, nil, `unknown command "frobnicate"`},
-		{[]string{"webhook"}, nil, `webhook: want register or ping, got ""`},
-		{[]string{"webhook", "bogus"}, nil, `want register or ping, got "bogus"`},
+		{[]string{"webhook"}, nil, `webhook: want register or ping ("receiver webhook -h" lists them)`},
+		{[]string{"webhook", "bogus"}, nil, `want register or ping, not "bogus"`},
 		{[]string{"outbox"}, nil, `outbox: want tail`},
 		{[]string{"backfill", "--listen", ":1"}, cvat, "backfill: flag provided but not defined: -listen"},
 		{[]string{"backfill", "--project", "x"}, cvat, `invalid value "x" for flag -project`},
@@ -159,6 +159,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"backfill", "--since", "yesterday"}, cvat, "neither an RFC 3339 time"},
 		{[]string{"backfill"}, nil, "CVAT_SYNC_CVAT_URL (--cvat-url): required"},
 		{[]string{"backfill", "stray"}, cvat, `backfill: unexpected argument "stray"`},
+		{[]string{"backfill", "--save-images", "false"}, cvat, "a boolean flag takes its value after ="},
 		{[]string{"serve", "--debounce", "soon"}, map[string]string{"CVAT_SYNC_WEBHOOK_SECRET": "s"}, "CVAT_SYNC_DEBOUNCE (--debounce)"},
 		{[]string{"webhook", "register", "--wait", "forever"}, cvat, `invalid value "forever" for flag -wait`},
 		{[]string{"sign", "--secret", "s", "a", "b"}, nil, "at most one FILE"},

@@ -78,6 +78,12 @@ func (b *backfillCmd) run(ctx context.Context, inv invocation) error {
 	if err := cv.CheckFormats(ctx, cfg.ExportFormats); err != nil {
 		return fmt.Errorf("backfill: %w", err)
 	}
+	if !b.dryRun && cfg.Embedded(inv.getenv) {
+		if _, err := os.Stat(cloud.EndpointsFile(cfg.DataDir)); err != nil {
+			log.Warn("no running serve on this data directory: the archives are kept, but the notices go to this backfill's own Pub/Sub and are lost when it ends; "+
+				"start \"receiver serve\" with the same CVAT_SYNC_DATA_DIR first for \"receiver outbox tail\" to see them", "data_dir", cfg.DataDir)
+		}
+	}
 	env, err := openCloud(ctx, cfg, inv.getenv, log, true)
 	if err != nil {
 		return err

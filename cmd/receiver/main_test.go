@@ -226,9 +226,11 @@ func TestSignAndVersion(t *testing.T) {
 			t.Errorf("sign (%s) printed %q, want %s...", name, out.String(), want)
 		}
 	}
-	var out bytes.Buffer
-	if err := run(context.Background(), []string{"receiver", "version"}, envMap(nil), stdio{out: &out}); err != nil || !strings.Contains(out.String(), version) {
-		t.Errorf("version: %v %q", err, out.String())
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		var out bytes.Buffer
+		if err := run(context.Background(), append([]string{"receiver"}, args...), envMap(nil), stdio{out: &out}); err != nil || out.String() != "receiver "+version+"\n" {
+			t.Errorf("receiver %s: %v %q", args[0], err, out.String())
+		}
 	}
 	err = run(context.Background(), []string{"receiver", "sign", file}, envMap(nil), stdio{})
 	if exitCode(err) != 2 {

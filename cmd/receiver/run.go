@@ -223,7 +223,11 @@ func parse(args []string, getenv func(string) string, std stdio) (runner, invoca
 		return nil, invocation{}, usageError("%s: %v (\"receiver %s -h\" lists its flags)", c.name, err, c.name)
 	}
 	if c.synopsis == "" && fs.NArg() > 0 {
-		return nil, invocation{}, usageError("%s: unexpected argument %q (\"receiver %s -h\" shows its usage)", c.name, fs.Arg(0), c.name)
+		hint := ""
+		if a := fs.Arg(0); a == "true" || a == "false" {
+			hint = "; a boolean flag takes its value after =, e.g. --save-images=false"
+		}
+		return nil, invocation{}, usageError("%s: unexpected argument %q (\"receiver %s -h\" shows its usage%s)", c.name, fs.Arg(0), c.name, hint)
 	}
 	inv := invocation{args: fs.Args(), getenv: getenv, stdio: std}
 	if settings != nil {
@@ -263,9 +267,9 @@ func lookup(cmds []command, args []string, stdout io.Writer) (command, []string,
 	}
 	got := ""
 	if len(args) > 1 {
-		got = args[1]
+		got = fmt.Sprintf(", not %q", args[1])
 	}
-	return command{}, nil, usageError("%s: want %s, got %q (\"receiver %s -h\" lists them)", args[0], strings.Join(names, " or "), got, args[0])
+	return command{}, nil, usageError("%s: want %s%s (\"receiver %s -h\" lists them)", args[0], strings.Join(names, " or "), got, args[0])
 }
 
 func isHelp(arg string) bool { return arg == "-h" || arg == "-help" || arg == "--help" }

@@ -1,18 +1,21 @@
-// Package config reads cvat-sync's settings from flags, falling back to
-// CVAT_SYNC_* environment variables and then to defaults. Secrets can also
-// come from files (Kubernetes Secret mounts) through the _FILE variants.
-// Every value is validated; an error names the setting and says what to fix,
-// and never repeats a secret.
+// Package config reads cvat-sync's settings. A command registers the
+// settings it reads as flags of its flag set (Register) and, once the flags
+// are parsed, resolves them (Load): the flag, else the flag's file, else the
+// CVAT_SYNC_* environment variable, else its _FILE variant, else the
+// default. Files serve secrets (Kubernetes Secret mounts). Every value is
+// validated; an error names the setting and says what to fix, and never
+// repeats a secret.
 package config
 
 import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
+	"maps"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -296,20 +299,23 @@ type Flags struct {
 }
 
 // Register declares the named settings (flag names, as in Setting.Flag) as
-// flags of fs, with a --<flag>-file flag for each secret. A setting a
-// command does not declare is not read: Load leaves it at its default.
+// flags of fs, in documentation order, with a --<flag>-file flag for each
+// secret. A setting a command does not declare is not read: Load leaves it
+// at its default.
 func Register(fs *flag.FlagSet, names []string) (*Flags, error) {
-	all := map[string]Setting{}
-	for _, s := range Settings() {
-		all[s.Flag] = s
+	want := map[string]bool{}
+	for _, n := range names {
+		if want[n] {
+			return nil, fmt.Errorf("config: setting %q listed twice", n)
+		}
+		want[n] = true
 	}
 	f := &Flags{fs: fs}
-	for _, n := range names {
-		s, ok := all[n]
-		if !ok {
-			return nil, fmt.Errorf("config: no setting %q, or it is listed twice", n)
+	for _, s := range Settings() {
+		if !want[s.Flag] {
+			continue
 		}
-		delete(all, n)
+		delete(want, s.Flag)
 		v := new(string)
 		fs.Var(&text{p: v, bool: s.Kind == Bool}, s.Flag, s.Usage)
 		var file *string
@@ -317,6 +323,9 @@ func Register(fs *flag.FlagSet, names []string) (*Flags, error) {
 			file = fs.String(s.FileFlag(), "", "file holding --"+s.Flag)
 		}
 		f.settings, f.values, f.files = append(f.settings, s), append(f.values, v), append(f.files, file)
+	}
+	if len(want) > 0 {
+		return nil, fmt.Errorf("config: no setting %q", slices.Sorted(maps.Keys(want)))
 	}
 	return f, nil
 }
@@ -394,25 +403,6 @@ func (f *Flags) Load(getenv func(string) string, needs Needs) (Config, error) {
 		return Config{}, errors.Join(errs...)
 	}
 	return c, nil
-}
-
-// Parse registers every setting on fs, parses args (without the program
-// and command names) and resolves the settings from them and getenv. It
-// returns the remaining arguments.
-func Parse(fs *flag.FlagSet, args []string, getenv func(string) string, needs Needs) (Config, []string, error) {
-	f, err := Register(fs, Names())
-	if err != nil {
-		return Config{}, nil, err
-	}
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		return Config{}, nil, err
-	}
-	c, err := f.Load(getenv, needs)
-	if err != nil {
-		return Config{}, nil, err
-	}
-	return c, fs.Args(), nil
 }
 
 // resolve picks a setting's raw value: flag, flag file, env, env file, default.

@@ -17,10 +17,19 @@ func env(m map[string]string) func(string) string {
 	return func(k string) string { return m[k] }
 }
 
+// parse reads every setting from args and e, as serve does.
 func parse(t *testing.T, args []string, e map[string]string, needs Needs) (Config, error) {
 	t.Helper()
-	c, _, err := Parse(flag.NewFlagSet("test", flag.ContinueOnError), args, env(e), needs)
-	return c, err
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	f, err := Register(fs, Names())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	return f.Load(env(e), needs)
 }
 
 func TestDefaults(t *testing.T) {
