@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"cloud.google.com/go/pubsub/v2"
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
@@ -22,12 +24,10 @@ import (
 	"github.com/cvat-sync/cvat-sync/internal/config"
 	"github.com/cvat-sync/cvat-sync/internal/cvatapi"
 	"github.com/cvat-sync/cvat-sync/internal/pipeline"
+	"github.com/cvat-sync/cvat-sync/internal/signature"
 	"github.com/cvat-sync/cvat-sync/internal/sink"
 	"github.com/cvat-sync/cvat-sync/internal/webhook"
 )
-
-// exitIncomplete is backfill's exit status when some task was not exported.
-const exitIncomplete = 3
 
 // commandLogger logs warnings and errors only (unless --log-level says
 // otherwise) so a command's own output stays readable.
@@ -39,42 +39,36 @@ func commandLogger(cfg config.Config, w io.Writer) *slog.Logger {
 	return newLogger(w, level)
 }
 
-// backfill exports the existing tasks of a project, an organization or the
-// whole server through the same exporter as serve. It never binds the listen
-// address, so it runs beside a running serve; on the embedded default it
-// attaches to that serve's Pub/Sub and GCS servers when one runs.
-func backfill(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	var project int64
-	var org, tasks, since string
-	var dryRun bool
-	cfg, _, err := loadConfig("backfill", args, getenv, stdout, config.NeedsCVAT, func(fs *flag.FlagSet) {
-		fs.Int64Var(&project, "project", 0, "only the tasks of this project id")
-		fs.StringVar(&org, "org", "", "organization slug (default --cvat-org; the personal sandbox when neither)")
-		fs.StringVar(&tasks, "task", "", "only these task ids, comma-separated")
-		fs.StringVar(&since, "since", "", "only tasks updated since this time (RFC 3339) or this long ago (Go duration, e.g. 72h)")
-		fs.BoolVar(&dryRun, "dry-run", false, "list what would be exported; export nothing")
-	})
-	if err != nil {
-		return err
-	}
-	filter := cvatapi.TaskFilter{ProjectID: project}
-	if filter.UpdatedSince, err = parseSince(since, time.Now()); err != nil {
-		return usageError("backfill: --since: %v", err)
-	}
-	for _, s := range strings.Split(tasks, ",") {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
-		}
-		id, err := strconv.ParseInt(s, 10, 64)
-		if err != nil || id <= 0 {
-			return usageError("backfill: --task: %q is not a task id", s)
-		}
-		filter.IDs = append(filter.IDs, id)
-	}
+// backfillCmd exports the existing tasks of a project, an organization or
+// the whole server through the same exporter as serve. It never binds the
+// listen address, so it runs beside a running serve; on the embedded
+// default it attaches to that serve's Pub/Sub and GCS servers when one runs.
+type backfillCmd struct {
+	project int64
+	org     string
+	tasks   idList
+	since   sinceFlag
+	dryRun  bool
+}
+
+func newBackfill(fs *flag.FlagSet) runner {
+	b := &backfillCmd{}
+	fs.Int64Var(&b.project, "project", 0, "only the tasks of this project id")
+	fs.StringVar(&b.org, "org", "", "organization slug (default --cvat-org; the personal sandbox when neither)")
+	fs.Var(&b.tasks, "task", "only these task `ids`, comma-separated")
+	fs.Var(&b.since, "since", "only tasks updated since this `time` (RFC 3339) or this long ago (a duration, e.g. 72h)")
+	fs.BoolVar(&b.dryRun, "dry-run", false, "list what would be exported; export nothing")
+	return b
+}
+
+func (b *backfillCmd) run(ctx context.Context, inv invocation) error {
+	cfg := inv.cfg
+	filter := cvatapi.TaskFilter{ProjectID: b.project, IDs: b.tasks, UpdatedSince: b.since.t}
+	org := b.org
 	if org == "" {
 		org = cfg.CVATOrg
 	}
-	log := commandLogger(cfg, stdout)
+	log := commandLogger(cfg, inv.err)
 	reg := newRegistry()
 	cv, err := newCVAT(cfg, org, reg, log)
 	if err != nil {
@@ -84,7 +78,13 @@ func backfill(ctx context.Context, args []string, getenv func(string) string, st
 	if err := cv.CheckFormats(ctx, cfg.ExportFormats); err != nil {
 		return fmt.Errorf("backfill: %w", err)
 	}
-	env, err := openCloud(ctx, cfg, getenv, log, true)
+	if !b.dryRun && cfg.Embedded(inv.getenv) {
+		if _, err := os.Stat(cloud.EndpointsFile(cfg.DataDir)); err != nil {
+			log.Warn("no running serve on this data directory: the archives are kept, but the notices go to this backfill's own Pub/Sub and are lost when it ends; "+
+				"start \"receiver serve\" with the same CVAT_SYNC_DATA_DIR first for \"receiver outbox tail\" to see them", "data_dir", cfg.DataDir)
+		}
+	}
+	env, err := openCloud(ctx, cfg, inv.getenv, log, true)
 	if err != nil {
 		return err
 	}
@@ -99,18 +99,18 @@ func backfill(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 
-	progress := progressLines(stdout)
-	if f, ok := stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+	progress := progressLines(inv.out)
+	if f, ok := inv.out.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		progress = progressBar(f)
 	}
-	sum, err := pipeline.Backfill(ctx, syncer, pipeline.BackfillOptions{Filter: filter, DryRun: dryRun, Progress: progress})
+	sum, err := pipeline.Backfill(ctx, syncer, pipeline.BackfillOptions{Filter: filter, DryRun: b.dryRun, Progress: progress})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "backfill: %d tasks: %d exported, %d already up to date, %d would be exported, %d gone, %d failed\n",
+	fmt.Fprintf(inv.out, "backfill: %d tasks: %d exported, %d already up to date, %d would be exported, %d gone, %d failed\n",
 		sum.Tasks, sum.Exported, sum.Unchanged, sum.Missing, sum.Gone, sum.Failed)
 	for _, e := range sum.Errors {
-		fmt.Fprintln(stdout, "  failed:", e)
+		fmt.Fprintln(inv.out, "  failed:", e)
 	}
 	if sum.Failed > 0 {
 		return &exitError{code: exitIncomplete, err: fmt.Errorf("backfill: %d of %d tasks not exported", sum.Failed, sum.Tasks)}
@@ -118,11 +118,50 @@ func backfill(ctx context.Context, args []string, getenv func(string) string, st
 	return nil
 }
 
+// idList is a flag of comma-separated CVAT ids.
+type idList []int64
+
+func (l *idList) String() string {
+	var s []string
+	for _, id := range *l {
+		s = append(s, strconv.FormatInt(id, 10))
+	}
+	return strings.Join(s, ",")
+}
+
+func (l *idList) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		id, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || id <= 0 {
+			return fmt.Errorf("%q is not a task id", s)
+		}
+		*l = append(*l, id)
+	}
+	return nil
+}
+
+// sinceFlag is a time given as RFC 3339 or as a duration before now.
+type sinceFlag struct {
+	t   time.Time
+	raw string
+}
+
+func (f *sinceFlag) String() string { return f.raw }
+
+func (f *sinceFlag) Set(v string) error {
+	t, err := parseSince(v, time.Now())
+	if err != nil {
+		return err
+	}
+	f.t, f.raw = t, v
+	return nil
+}
+
 // parseSince reads an RFC 3339 time or a duration before now.
 func parseSince(s string, now time.Time) (time.Time, error) {
-	if s == "" {
-		return time.Time{}, nil
-	}
 	if t, err := time.Parse(time.RFC3339, s); err == nil {
 		return t, nil
 	}
@@ -161,25 +200,18 @@ func progressBar(w io.Writer) func(done, total int, t cvatapi.Task, outcome stri
 	}
 }
 
-// ensureWebhook makes CVAT have the webhook that points at this service.
-func ensureWebhook(ctx context.Context, cv *cvatapi.Client, cfg config.Config) (cvatapi.Webhook, bool, error) {
-	spec, err := webhookSpec(cfg)
-	if err != nil {
-		return cvatapi.Webhook{}, false, err
-	}
-	return cv.EnsureWebhook(ctx, spec)
-}
-
 // webhookSpec is the CVAT webhook that points at this service; the events
 // are left to cvatapi, which knows what each CVAT release offers.
 func webhookSpec(cfg config.Config) (cvatapi.WebhookSpec, error) {
 	spec := cvatapi.WebhookSpec{
 		TargetURL:   cfg.PublicURL + webhook.Path,
-		Secret:      cfg.WebhookSecrets[0],
 		ProjectID:   cfg.WebhookProjectID,
 		Org:         cfg.WebhookOrg,
 		Description: "cvat-sync: exports annotations to Cloud Storage",
 		EnableSSL:   strings.HasPrefix(cfg.PublicURL, "https://"),
+	}
+	if len(cfg.WebhookSecrets) > 0 {
+		spec.Secret = cfg.WebhookSecrets[0]
 	}
 	if spec.ProjectID == 0 && spec.Org == "" {
 		return spec, usageError("webhook: set CVAT_SYNC_WEBHOOK_PROJECT_ID (a project webhook) or CVAT_SYNC_WEBHOOK_ORG / CVAT_SYNC_CVAT_ORG (an organization webhook)")
@@ -187,49 +219,145 @@ func webhookSpec(cfg config.Config) (cvatapi.WebhookSpec, error) {
 	return spec, nil
 }
 
-// webhookRegister creates or updates the CVAT webhook that points at
+// registerCmd creates or updates the CVAT webhook that points at
 // CVAT_SYNC_PUBLIC_URL; running it again changes nothing.
-func webhookRegister(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	cfg, _, err := loadConfig("webhook register", args, getenv, stdout, config.NeedsCVAT|config.NeedsSecret|config.NeedsPublicURL, nil)
+type registerCmd struct {
+	wait     time.Duration
+	optional bool
+}
+
+func newRegister(fs *flag.FlagSet) runner {
+	r := &registerCmd{}
+	fs.DurationVar(&r.wait, "wait", 0, "keep trying this long while CVAT is unreachable or refuses the credentials (a token not created yet), with a backoff from 1s to 30s and a log line per attempt; 0 tries once")
+	fs.BoolVar(&r.optional, "optional", false, "exit 0, with a message saying why, when no webhook could be registered: no CVAT credentials configured, or CVAT unreachable, refusing or failing within --wait (an install hook that must not fail a release); invalid settings still fail")
+	return r
+}
+
+func (r *registerCmd) run(ctx context.Context, inv invocation) error {
+	cfg := inv.cfg
+	spec, err := webhookSpec(cfg)
 	if err != nil {
 		return err
 	}
-	cv, err := newCVAT(cfg, cfg.WebhookOrg, nil, commandLogger(cfg, stdout))
+	if err := cfg.Require(config.NeedsCredentials); err != nil {
+		return r.notRegistered(inv, 2, err)
+	}
+	log := commandLogger(cfg, inv.err)
+	cv, err := newCVAT(cfg, cfg.WebhookOrg, nil, log)
 	if err != nil {
 		return err
 	}
 	defer cv.Close()
-	wh, changed, err := ensureWebhook(ctx, cv, cfg)
+	var wh cvatapi.Webhook
+	var changed bool
+	err = retryCVAT(ctx, r.wait, log.With("command", "webhook register"), func(ctx context.Context) error {
+		var err error
+		wh, changed, err = cv.EnsureWebhook(ctx, spec)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("webhook register: %w", err)
+		return r.notRegistered(inv, 1, err)
 	}
-	return json.NewEncoder(stdout).Encode(map[string]any{
+	return json.NewEncoder(inv.out).Encode(map[string]any{
 		"webhook_id": wh.ID, "target_url": wh.TargetURL, "type": wh.Type, "events": wh.Events, "changed": changed,
 	})
 }
 
-// webhookPing makes CVAT deliver a ping to this service and reports CVAT's
-// record of the delivery.
-func webhookPing(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	var id int64
-	cfg, _, err := loadConfig("webhook ping", args, getenv, stdout, config.NeedsCVAT, func(fs *flag.FlagSet) {
-		fs.Int64Var(&id, "id", 0, "CVAT webhook id (default: the one webhook register manages, found by CVAT_SYNC_PUBLIC_URL)")
-	})
-	if err != nil {
-		return err
+// notRegistered is the outcome of a registration that did not happen: an
+// error with the exit status code, or with --optional a message and exit 0.
+func (r *registerCmd) notRegistered(inv invocation, code int, cause error) error {
+	if !r.optional {
+		return &exitError{code: code, err: fmt.Errorf("webhook register: %w", cause)}
 	}
-	cv, err := newCVAT(cfg, cfg.WebhookOrg, nil, commandLogger(cfg, stdout))
+	fmt.Fprintf(inv.err, "webhook register: no webhook registered; --optional, so exit status 0. Run \"receiver webhook register\" again once this is fixed:\n%v\n", cause)
+	return nil
+}
+
+// The backoff of retryCVAT, and how long an attempt started before the
+// end of the wait may run past it.
+const (
+	retryWaitMin = time.Second
+	retryWaitMax = 30 * time.Second
+	attemptGrace = 30 * time.Second
+)
+
+// retryCVAT calls attempt until it succeeds, fails for a reason waiting
+// cannot change, or wait has passed. CVAT unreachable (cvatapi's
+// ErrUnavailable) or refusing the credentials (ErrUnauthorized: on a fresh
+// install the token may not exist yet) is retried; each failed attempt is
+// logged with what comes next. wait 0 means one attempt.
+func retryCVAT(ctx context.Context, wait time.Duration, log *slog.Logger, attempt func(context.Context) error) error {
+	if wait <= 0 {
+		return attempt(ctx)
+	}
+	deadline := time.Now().Add(wait)
+	actx, cancel := context.WithDeadline(ctx, deadline.Add(attemptGrace))
+	defer cancel()
+	backoff := retryWaitMin
+	for n := 1; ; n++ {
+		err := attempt(actx)
+		if err == nil {
+			return nil
+		}
+		var reason string
+		switch {
+		case errors.Is(err, cvatapi.ErrUnavailable):
+			reason = "CVAT unreachable"
+		case errors.Is(err, cvatapi.ErrUnauthorized):
+			reason = "CVAT refused the credentials"
+		default:
+			return err
+		}
+		left := time.Until(deadline)
+		if left <= 0 || ctx.Err() != nil {
+			return fmt.Errorf("gave up after %d attempts in %s: %w", n, wait, err)
+		}
+		next := min(backoff, left)
+		log.Warn("CVAT not ready; retrying", "reason", reason, "attempt", n, "error", err.Error(),
+			"retry_in", next.String(), "gives_up_in", left.Round(time.Second).String())
+		t := time.NewTimer(next)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("interrupted after %d attempts: %w", n, err)
+		case <-t.C:
+		}
+		backoff = min(2*backoff, retryWaitMax)
+	}
+}
+
+// pingCmd makes CVAT deliver a ping to this service and reports CVAT's
+// record of the delivery.
+type pingCmd struct{ id int64 }
+
+func newPing(fs *flag.FlagSet) runner {
+	p := &pingCmd{}
+	fs.Int64Var(&p.id, "id", 0, "CVAT webhook id (default: the one webhook register manages, found by --public-url and the webhook secret)")
+	return p
+}
+
+func (p *pingCmd) run(ctx context.Context, inv invocation) error {
+	cfg := inv.cfg
+	cv, err := newCVAT(cfg, cfg.WebhookOrg, nil, commandLogger(cfg, inv.err))
 	if err != nil {
 		return err
 	}
 	defer cv.Close()
+	id := p.id
 	if id == 0 {
 		if cfg.PublicURL == "" || len(cfg.WebhookSecrets) == 0 {
 			return usageError("webhook ping: give --id, or CVAT_SYNC_PUBLIC_URL and the webhook secret to find the webhook")
 		}
-		wh, _, err := ensureWebhook(ctx, cv, cfg)
+		spec, err := webhookSpec(cfg)
+		if err != nil {
+			return err
+		}
+		wh, found, err := cv.FindWebhook(ctx, spec)
 		if err != nil {
 			return fmt.Errorf("webhook ping: %w", err)
+		}
+		if !found {
+			return fmt.Errorf("webhook ping: CVAT has no webhook of this service for %s with this secret: run \"receiver webhook register\" first, or give --id", spec.TargetURL)
 		}
 		id = wh.ID
 	}
@@ -237,7 +365,7 @@ func webhookPing(ctx context.Context, args []string, getenv func(string) string,
 	if err != nil {
 		return fmt.Errorf("webhook ping: %w", err)
 	}
-	_ = json.NewEncoder(stdout).Encode(map[string]any{"webhook_id": id, "delivery_id": d.ID, "status_code": d.StatusCode})
+	_ = json.NewEncoder(inv.out).Encode(map[string]any{"webhook_id": id, "delivery_id": d.ID, "status_code": d.StatusCode})
 	if d.StatusCode/100 != 2 {
 		hint := ""
 		switch d.StatusCode {
@@ -251,44 +379,115 @@ func webhookPing(ctx context.Context, args []string, getenv func(string) string,
 	return nil
 }
 
-// outboxTail prints the export notices as JSON lines, from a subscription of
-// its own that it deletes on exit. On the embedded default it attaches to the
-// running serve.
-func outboxTail(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	var limit int
-	cfg, _, err := loadConfig("outbox tail", args, getenv, stdout, 0, func(fs *flag.FlagSet) {
-		fs.IntVar(&limit, "limit", 0, "stop after this many notices (0: until interrupted)")
-	})
-	if err != nil {
-		return err
-	}
-	log := commandLogger(cfg, os.Stderr)
-	if cfg.Embedded(getenv) {
+// tailCmd prints the export notices as JSON lines, from a subscription of
+// its own that it deletes on exit. On the embedded default it attaches to
+// the running serve.
+type tailCmd struct{ limit int }
+
+func newTail(fs *flag.FlagSet) runner {
+	c := &tailCmd{}
+	fs.IntVar(&c.limit, "limit", 0, "stop after this many notices (0: until interrupted)")
+	return c
+}
+
+func (c *tailCmd) run(ctx context.Context, inv invocation) error {
+	cfg := inv.cfg
+	log := commandLogger(cfg, inv.err)
+	if cfg.Embedded(inv.getenv) {
 		if _, err := os.Stat(cloud.EndpointsFile(cfg.DataDir)); err != nil {
 			return fmt.Errorf("outbox tail: no running embedded service found in %s: start \"receiver serve\" with the same CVAT_SYNC_DATA_DIR first", cfg.DataDir)
 		}
 	}
-	env, err := cloud.Open(ctx, cloud.Settings{Project: cfg.GCPProject, DataDir: cfg.DataDir, Getenv: getenv, Attach: true}, log)
+	env, err := cloud.Open(ctx, cloud.Settings{Project: cfg.GCPProject, DataDir: cfg.DataDir, Getenv: inv.getenv, Attach: true}, log)
 	if err != nil {
 		return err
 	}
 	defer env.Close()
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	id := "cvat-sync-tail-" + hex.EncodeToString(b[:])
-	name := env.SubscriptionName(id)
-	if _, err := env.PubSub.SubscriptionAdminClient.CreateSubscription(ctx, &pubsubpb.Subscription{
-		Name: name, Topic: env.TopicName(cfg.OutboxTopic), AckDeadlineSeconds: 30, EnableMessageOrdering: true,
-	}); err != nil {
-		return fmt.Errorf("outbox tail: create subscription on %s: %w (on GCP this needs roles/pubsub.editor)", cfg.OutboxTopic, err)
+	sub, err := createTempSubscription(ctx, env, cfg.OutboxTopic, "cvat-sync-tail-")
+	if err != nil {
+		return fmt.Errorf("outbox tail: %w", err)
 	}
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		_ = env.PubSub.SubscriptionAdminClient.DeleteSubscription(dctx, &pubsubpb.DeleteSubscriptionRequest{Subscription: name})
+		if err := sub.Delete(dctx); err != nil {
+			log.Warn("the tail's subscription was not deleted", "subscription", sub.Name, "error", err.Error())
+		}
 	}()
-	fmt.Fprintf(os.Stderr, "tailing %s (notices published from now on)\n", env.TopicName(cfg.OutboxTopic))
-	return sink.Tail(ctx, env.PubSub.Subscriber(id), stdout, limit)
+	fmt.Fprintf(inv.err, "tailing %s (notices published from now on)\n", sub.Topic)
+	return sink.Tail(ctx, sub.Subscriber(), inv.out, c.limit)
+}
+
+// tempSubscription is a subscription of the tail's own on a topic.
+//
+// TODO(cloud): this is the one place cmd speaks pubsubpb; it mirrors the
+// cloud helper's Env.CreateTempSubscription / TempSubscription (same
+// fields and methods) and goes once that lands.
+type tempSubscription struct {
+	ID, Name, Topic string
+	env             *cloud.Env
+}
+
+func createTempSubscription(ctx context.Context, env *cloud.Env, topic, prefix string) (*tempSubscription, error) {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	id := prefix + hex.EncodeToString(b[:])
+	s := &tempSubscription{ID: id, Name: env.SubscriptionName(id), Topic: env.TopicName(topic), env: env}
+	if _, err := env.PubSub.SubscriptionAdminClient.CreateSubscription(ctx, &pubsubpb.Subscription{
+		Name: s.Name, Topic: s.Topic, AckDeadlineSeconds: 30, EnableMessageOrdering: true,
+	}); err != nil {
+		return nil, fmt.Errorf("create subscription on %s: %w (on GCP this needs roles/pubsub.editor)", topic, err)
+	}
+	return s, nil
+}
+
+func (s *tempSubscription) Subscriber() *pubsub.Subscriber { return s.env.PubSub.Subscriber(s.ID) }
+
+func (s *tempSubscription) Delete(ctx context.Context) error {
+	return s.env.PubSub.SubscriptionAdminClient.DeleteSubscription(ctx, &pubsubpb.DeleteSubscriptionRequest{Subscription: s.Name})
+}
+
+// signCmd prints the header value CVAT would send for FILE (or standard
+// input).
+type signCmd struct{ secret, secretFile string }
+
+func newSign(fs *flag.FlagSet) runner {
+	c := &signCmd{}
+	fs.StringVar(&c.secret, "secret", "", "the webhook secret")
+	fs.StringVar(&c.secretFile, "secret-file", "", "file holding the webhook secret")
+	return c
+}
+
+func (c *signCmd) run(_ context.Context, inv invocation) error {
+	secret := c.secret
+	if c.secretFile != "" {
+		if c.secret != "" {
+			return usageError("sign: set either --secret or --secret-file, not both")
+		}
+		b, err := os.ReadFile(c.secretFile)
+		if err != nil {
+			return fmt.Errorf("sign: read --secret-file: %w", err)
+		}
+		secret = strings.TrimSpace(string(b))
+	}
+	if secret == "" {
+		return usageError("sign: --secret or --secret-file is required: receiver sign --secret S [FILE]")
+	}
+	var body []byte
+	var err error
+	switch len(inv.args) {
+	case 0:
+		body, err = io.ReadAll(inv.in)
+	case 1:
+		body, err = os.ReadFile(inv.args[0])
+	default:
+		return usageError("sign: at most one FILE")
+	}
+	if err != nil {
+		return fmt.Errorf("sign: read the body: %w", err)
+	}
+	_, err = fmt.Fprintln(inv.out, signature.Sign(secret, body))
+	return err
 }
 
 // versionWarnings says what a CVAT release cannot do that the operator

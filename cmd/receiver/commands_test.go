@@ -23,13 +23,27 @@ import (
 	"github.com/cvat-sync/cvat-sync/internal/cvatfake"
 )
 
+// runCmd runs a command to its end and returns what it printed on
+// standard output; what it printed on standard error is logged when it
+// fails.
 func runCmd(t *testing.T, env map[string]string, args ...string) (string, error) {
 	t.Helper()
-	var out syncBuffer
+	out, errOut, err := runStreams(t, env, args...)
+	if err != nil {
+		t.Logf("receiver %s: %v; standard error:\n%s", strings.Join(args, " "), err, tail(errOut))
+	}
+	return out, err
+}
+
+// runStreams runs a command to its end and returns its standard output and
+// standard error.
+func runStreams(t *testing.T, env map[string]string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	var out, errOut syncBuffer
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	err := run(ctx, append([]string{"receiver"}, args...), envMap(env), &out)
-	return out.String(), err
+	err = run(ctx, append([]string{"receiver"}, args...), envMap(env), stdio{out: &out, err: &errOut})
+	return out.String(), errOut.String(), err
 }
 
 // TestBackfillManyPages: a project with more tasks than fit a page of CVAT's
@@ -160,7 +174,7 @@ func TestEmbeddedExportTailAndRestart(t *testing.T) {
 	tailCtx, stopTail := context.WithCancel(context.Background())
 	tailDone := make(chan error, 1)
 	go func() {
-		tailDone <- run(tailCtx, []string{"receiver", "outbox", "tail", "--limit", "1"}, envMap(env), tailOut)
+		tailDone <- run(tailCtx, []string{"receiver", "outbox", "tail", "--limit", "1"}, envMap(env), stdio{out: tailOut})
 	}()
 	ps := embeddedPubSub(t, dir)
 	waitFor(t, 20*time.Second, "the tail subscription", func() bool {
@@ -267,5 +281,86 @@ func listNames(t *testing.T, c *storage.Client, bucket string) []string {
 			t.Fatal(err)
 		}
 		names = append(names, a.Name)
+	}
+}
+
+// TestWebhookRegisterWaits: --wait retries while CVAT is unreachable or
+// refuses the token, logging each attempt; --optional turns a registration
+// that did not happen into exit status 0 and a message saying why, as the
+// chart's post-install Job needs on a fresh install.
+func TestWebhookRegisterWaits(t *testing.T) {
+	tests := []struct {
+		name      string
+		fault     *cvatfake.Fault
+		token     string // "-" for none
+		args      []string
+		wantCode  int
+		wantHooks int
+		wantErr   []string // in the error, or with --optional on standard error
+		retry     string   // the reason a retry is logged with; "" for none
+	}{
+		{name: "CVAT down, then up within the wait", fault: &cvatfake.Fault{Status: http.StatusServiceUnavailable, Times: 5},
+			args: []string{"--wait", "1m"}, wantHooks: 1, retry: "CVAT unreachable"},
+		{name: "token refused, then accepted", fault: &cvatfake.Fault{Status: http.StatusUnauthorized, Times: 1},
+			args: []string{"--wait=1m"}, wantHooks: 1, retry: "CVAT refused the credentials"},
+		{name: "no token, optional", token: "-", args: []string{"--wait", "1m", "--optional"},
+			wantErr: []string{"no webhook registered", "--optional, so exit status 0", "CVAT_SYNC_CVAT_TOKEN"}},
+		{name: "no token", token: "-", args: []string{"--wait", "1m"}, wantCode: 2,
+			wantErr: []string{"webhook register: CVAT_SYNC_CVAT_TOKEN", "credentials are required"}},
+		{name: "token refused for the whole wait, optional", token: "not-the-token", args: []string{"--wait", "2s", "--optional"},
+			wantErr: []string{"no webhook registered", "gave up after", "401"}, retry: "CVAT refused the credentials"},
+		{name: "token refused for the whole wait", token: "not-the-token", args: []string{"--wait", "2s"}, wantCode: 1,
+			wantErr: []string{"webhook register: gave up after", "401"}, retry: "CVAT refused the credentials"},
+		{name: "token refused, no wait", token: "not-the-token", wantCode: 1, wantErr: []string{"401"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			f := cvatfake.New(t, cvatfake.Options{})
+			p := f.AddProject(cvatfake.Project{Name: "hooks"})
+			env := map[string]string{
+				"CVAT_SYNC_CVAT_URL":           f.URL(),
+				"CVAT_SYNC_CVAT_TOKEN":         f.Token(),
+				"CVAT_SYNC_WEBHOOK_SECRET":     e2eSecret,
+				"CVAT_SYNC_PUBLIC_URL":         "http://cvat-sync.cvat.svc:8080",
+				"CVAT_SYNC_WEBHOOK_PROJECT_ID": itoa(p.ID),
+			}
+			switch tt.token {
+			case "-":
+				delete(env, "CVAT_SYNC_CVAT_TOKEN")
+			case "":
+			default:
+				env["CVAT_SYNC_CVAT_TOKEN"] = tt.token
+			}
+			if tt.fault != nil {
+				f.Inject(*tt.fault)
+			}
+			out, errOut, err := runStreams(t, env, append([]string{"webhook", "register"}, tt.args...)...)
+			if exitCode(err) != tt.wantCode {
+				t.Fatalf("exit %d (%v), want %d; standard error:\n%s", exitCode(err), err, tt.wantCode, errOut)
+			}
+			said := errOut
+			if err != nil {
+				said = err.Error()
+			}
+			for _, w := range tt.wantErr {
+				if !strings.Contains(said, w) {
+					t.Errorf("%q does not say %q", said, w)
+				}
+			}
+			retried := strings.Contains(errOut, `"message":"CVAT not ready; retrying"`)
+			if retried != (tt.retry != "") || (retried && !strings.Contains(errOut, `"reason":"`+tt.retry+`"`)) {
+				t.Errorf("retry logged: %v, want one with reason %q; standard error:\n%s", retried, tt.retry, errOut)
+			}
+			if n := len(f.Webhooks()); n != tt.wantHooks {
+				t.Errorf("CVAT has %d webhooks, want %d", n, tt.wantHooks)
+			}
+			if tt.wantHooks > 0 && !strings.Contains(out, `"changed":true`) {
+				t.Errorf("standard output %q, want the registered webhook", out)
+			}
+			if strings.Contains(said, e2eSecret) || strings.Contains(said, f.Token()) {
+				t.Error("a secret is in the output")
+			}
+		})
 	}
 }

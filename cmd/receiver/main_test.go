@@ -60,7 +60,9 @@ func startService(t *testing.T, env map[string]string, args ...string) *service 
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &service{logs: &syncBuffer{}, cancel: cancel, done: make(chan error, 1)}
-	go func() { s.done <- run(ctx, append([]string{"receiver", "serve"}, args...), envMap(env), s.logs) }()
+	go func() {
+		s.done <- run(ctx, append([]string{"receiver", "serve"}, args...), envMap(env), stdio{out: s.logs})
+	}()
 	deadline := time.Now().Add(20 * time.Second)
 	for s.addr == "" {
 		select {
@@ -192,7 +194,7 @@ func TestServeRefusesBadConfig(t *testing.T) {
 			tt.env["CVAT_SYNC_DATA_DIR"] = t.TempDir()
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			err := run(ctx, []string{"receiver"}, envMap(tt.env), io.Discard)
+			err := run(ctx, []string{"receiver"}, envMap(tt.env), stdio{})
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("run = %v, want an error naming %s", err, tt.want)
 			}
@@ -202,24 +204,39 @@ func TestServeRefusesBadConfig(t *testing.T) {
 
 func TestSignAndVersion(t *testing.T) {
 	file := filepath.Join("..", "..", "testdata", "payloads", "ping.json")
-	var out bytes.Buffer
-	if err := run(context.Background(), []string{"receiver", "sign", "--secret", "cvat-sync-test-secret", file}, envMap(nil), &out); err != nil {
+	body, err := os.ReadFile(file)
+	if err != nil {
 		t.Fatal(err)
 	}
 	// The reference vector for ping.json under this secret.
 	const want = "sha256=6eb21d23f5283"
-	if !strings.HasPrefix(out.String(), want) || len(strings.TrimSpace(out.String())) != 71 {
-		t.Errorf("sign printed %q, want %s...", out.String(), want)
+	for name, std := range map[string]func(out io.Writer) stdio{
+		"file":  func(out io.Writer) stdio { return stdio{out: out} },
+		"stdin": func(out io.Writer) stdio { return stdio{in: bytes.NewReader(body), out: out} },
+	} {
+		args := []string{"receiver", "sign", "--secret", "cvat-sync-test-secret"}
+		if name == "file" {
+			args = append(args, file)
+		}
+		var out bytes.Buffer
+		if err := run(context.Background(), args, envMap(nil), std(&out)); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !strings.HasPrefix(out.String(), want) || len(strings.TrimSpace(out.String())) != 71 {
+			t.Errorf("sign (%s) printed %q, want %s...", name, out.String(), want)
+		}
 	}
-	out.Reset()
-	if err := run(context.Background(), []string{"receiver", "version"}, envMap(nil), &out); err != nil || !strings.Contains(out.String(), version) {
-		t.Errorf("version: %v %q", err, out.String())
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		var out bytes.Buffer
+		if err := run(context.Background(), append([]string{"receiver"}, args...), envMap(nil), stdio{out: &out}); err != nil || out.String() != "receiver "+version+"\n" {
+			t.Errorf("receiver %s: %v %q", args[0], err, out.String())
+		}
 	}
-	err := run(context.Background(), []string{"receiver", "sign", file}, envMap(nil), io.Discard)
+	err = run(context.Background(), []string{"receiver", "sign", file}, envMap(nil), stdio{})
 	if exitCode(err) != 2 {
 		t.Errorf("sign without a secret: %v (exit %d), want a usage error", err, exitCode(err))
 	}
-	err = run(context.Background(), []string{"receiver", "frobnicate"}, envMap(nil), io.Discard)
+	err = run(context.Background(), []string{"receiver", "frobnicate"}, envMap(nil), stdio{})
 	var ee *exitError
 	if !errors.As(err, &ee) || ee.code != 2 {
 		t.Errorf("unknown command: %v", err)

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -26,24 +25,6 @@ import (
 	"github.com/cvat-sync/cvat-sync/internal/signature"
 	"github.com/cvat-sync/cvat-sync/internal/webhook"
 )
-
-// loadConfig parses a command's flags and environment; -h prints the
-// settings.
-func loadConfig(name string, args []string, getenv func(string) string, stdout io.Writer, needs config.Needs, extra func(*flag.FlagSet)) (config.Config, []string, error) {
-	fs := flagSet(name, stdout)
-	if extra != nil {
-		extra(fs)
-	}
-	cfg, rest, err := config.Parse(fs, args, getenv, needs)
-	if errors.Is(err, flag.ErrHelp) {
-		fs.Usage()
-		return cfg, nil, err
-	}
-	if err != nil {
-		return cfg, nil, &exitError{code: 2, err: fmt.Errorf("%s: invalid configuration:\n%w", name, err)}
-	}
-	return cfg, rest, nil
-}
 
 // openCloud connects to Pub/Sub and GCS and makes sure the topics, the inbox
 // subscription and the bucket exist.
@@ -86,12 +67,9 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// serve runs the service until ctx is cancelled (SIGTERM, SIGINT).
-func serve(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	cfg, _, err := loadConfig("serve", args, getenv, stdout, config.NeedsSecret, nil)
-	if err != nil {
-		return err
-	}
+// serve runs the service until ctx is cancelled (SIGTERM, SIGINT), logging
+// to stdout.
+func serve(ctx context.Context, cfg config.Config, getenv func(string) string, stdout io.Writer) error {
 	log := newLogger(stdout, cfg.LogLevel)
 	reg := newRegistry()
 	verifier, err := signature.NewVerifier(cfg.WebhookSecrets, signature.WithLegacyNewline(cfg.LegacySignature))

@@ -1,18 +1,21 @@
-// Package config reads cvat-sync's settings from flags, falling back to
-// CVAT_SYNC_* environment variables and then to defaults. Secrets can also
-// come from files (Kubernetes Secret mounts) through the _FILE variants.
-// Every value is validated; an error names the setting and says what to fix,
-// and never repeats a secret.
+// Package config reads cvat-sync's settings. A command registers the
+// settings it reads as flags of its flag set (Register) and, once the flags
+// are parsed, resolves them (Load): the flag, else the flag's file, else the
+// CVAT_SYNC_* environment variable, else its _FILE variant, else the
+// default. Files serve secrets (Kubernetes Secret mounts). Every value is
+// validated; an error names the setting and says what to fix, and never
+// repeats a secret.
 package config
 
 import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
+	"maps"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -62,32 +65,81 @@ type Config struct {
 	WebhookOrg       string
 }
 
+// Kind is the type of a setting's value, as its flag shows it in help.
+type Kind string
+
+// The kinds of settings.
+const (
+	String   Kind = "string"
+	Bool     Kind = "bool" // a real boolean flag: --save-images alone means true
+	Int      Kind = "int"
+	Float    Kind = "float"
+	Duration Kind = "duration"
+	List     Kind = "list" // comma-separated
+	URL      Kind = "url"
+)
+
 // Setting describes one configurable value: its flag, its environment
 // variable, its default and whether it is a secret.
 type Setting struct {
 	Flag    string // kebab case, e.g. "cvat-url"
-	Env     string // e.g. "CVAT_SYNC_CVAT_URL"
+	Env     string // the flag in upper snake case after CVAT_SYNC_, e.g. "CVAT_SYNC_CVAT_URL"
 	Default string
 	Usage   string
-	Secret  bool // never printed; also readable from <Env>_FILE / --<flag>-file
+	Kind    Kind
+	Group   string // heading the setting is listed under in help
+	Secret  bool   // never printed; also readable from <Env>_FILE / --<flag>-file
 	set     func(c *Config, v string) error
 }
 
+// FileFlag is the flag naming a file that holds a secret setting's value.
+func (s Setting) FileFlag() string { return s.Flag + "-file" }
+
+func setting(kind Kind, flag, def, usage string, set func(*Config, string) error) Setting {
+	return Setting{Flag: flag, Env: "CVAT_SYNC_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_")), Default: def, Usage: usage, Kind: kind, set: set}
+}
+
+func secret(flag, usage string, set func(*Config, string) error) Setting {
+	s := setting(String, flag, "", usage, set)
+	s.Secret = true
+	return s
+}
+
+// Headings of the groups of settings, in documentation order.
+const (
+	GroupIngress      = "Receiving webhooks"
+	GroupCVAT         = "CVAT"
+	GroupCloud        = "Cloud Storage and Pub/Sub"
+	GroupExports      = "Exports"
+	GroupConvergence  = "Coalescing and convergence"
+	GroupRegistration = "Webhook registration"
+	GroupProcess      = "Process"
+)
+
 // Settings returns the table of settings, in documentation order.
 func Settings() []Setting {
-	return []Setting{
-		{"listen", "CVAT_SYNC_LISTEN", ":8080", "HTTP listen address", false, func(c *Config, v string) error { c.Listen = v; return nonEmpty(v) }},
-		{"webhook-secret", "CVAT_SYNC_WEBHOOK_SECRET", "", "webhook secret(s), comma-separated for rotation", true, func(c *Config, v string) error { c.WebhookSecrets = list(v); return nil }},
-		{"legacy-signature", "CVAT_SYNC_LEGACY_SIGNATURE", "false", "also accept CVAT 2.3.0 signatures (body plus newline)", false, boolInto(func(c *Config) *bool { return &c.LegacySignature })},
-		{"max-body-bytes", "CVAT_SYNC_MAX_BODY_BYTES", "1048576", "largest webhook body accepted", false, func(c *Config, v string) error {
+	var out []Setting
+	group := func(name string, ss ...Setting) {
+		for _, s := range ss {
+			s.Group = name
+			out = append(out, s)
+		}
+	}
+	group(GroupIngress,
+		setting(String, "listen", ":8080", "HTTP listen address", func(c *Config, v string) error { c.Listen = v; return nonEmpty(v) }),
+		secret("webhook-secret", "webhook secret(s), comma-separated for rotation", func(c *Config, v string) error { c.WebhookSecrets = list(v); return nil }),
+		setting(Bool, "legacy-signature", "false", "also accept CVAT 2.3.0 signatures (body plus newline)", boolInto(func(c *Config) *bool { return &c.LegacySignature })),
+		setting(Int, "max-body-bytes", "1048576", "largest webhook body accepted", func(c *Config, v string) error {
 			n, err := strconv.ParseInt(v, 10, 64)
 			if err != nil || n < 1024 || n > 64<<20 {
 				return errors.New("must be a whole number of bytes from 1024 to 67108864")
 			}
 			c.MaxBodyBytes = n
 			return nil
-		}},
-		{"cvat-url", "CVAT_SYNC_CVAT_URL", "", "CVAT base URL, e.g. http://cvat-backend-service.cvat.svc:8080", false, func(c *Config, v string) error {
+		}),
+	)
+	group(GroupCVAT,
+		setting(URL, "cvat-url", "", "CVAT base URL, e.g. http://cvat-backend-service.cvat.svc:8080", func(c *Config, v string) error {
 			if v == "" {
 				return nil
 			}
@@ -97,51 +149,58 @@ func Settings() []Setting {
 			}
 			c.CVATURL = strings.TrimRight(v, "/")
 			return nil
-		}},
-		{"cvat-token", "CVAT_SYNC_CVAT_TOKEN", "", "CVAT access token", true, func(c *Config, v string) error { c.CVATToken = v; return nil }},
-		{"cvat-auth", "CVAT_SYNC_CVAT_AUTH", "auto", "how the token is sent: auto (Bearer on CVAT 2.48+, Token before), bearer (personal access token) or token (legacy key)", false, func(c *Config, v string) error {
+		}),
+		secret("cvat-token", "CVAT access token", func(c *Config, v string) error { c.CVATToken = v; return nil }),
+		setting(String, "cvat-auth", "auto", "how the token is sent: auto (Bearer on CVAT 2.48+, Token before), bearer (personal access token) or token (legacy key)", func(c *Config, v string) error {
 			c.CVATAuth = strings.ToLower(v)
 			return oneOf(c.CVATAuth, "auto", "bearer", "token")
-		}},
-		{"cvat-username", "CVAT_SYNC_CVAT_USERNAME", "", "CVAT user for Basic auth (instead of a token)", false, func(c *Config, v string) error { c.CVATUsername = v; return nil }},
-		{"cvat-password", "CVAT_SYNC_CVAT_PASSWORD", "", "CVAT password for Basic auth", true, func(c *Config, v string) error { c.CVATPassword = v; return nil }},
-		{"cvat-org", "CVAT_SYNC_CVAT_ORG", "", "CVAT organization slug", false, func(c *Config, v string) error { c.CVATOrg = v; return nil }},
-		{"gcp-project", "CVAT_SYNC_GCP_PROJECT", "", "GCP project of the topics (default $GOOGLE_CLOUD_PROJECT)", false, func(c *Config, v string) error { c.GCPProject = v; return nil }},
-		{"gcs-bucket", "CVAT_SYNC_GCS_BUCKET", "cvat-sync", "bucket the archives go to", false, func(c *Config, v string) error { c.GCSBucket = v; return bucketName(v) }},
-		{"gcs-prefix", "CVAT_SYNC_GCS_PREFIX", "", "object name prefix in the bucket", false, func(c *Config, v string) error { c.GCSPrefix = strings.Trim(v, "/"); return nil }},
-		{"gcs-state-prefix", "CVAT_SYNC_GCS_STATE_PREFIX", "_cvat-sync", "where the record of what was exported lives in the bucket (outside the archive prefix)", false, func(c *Config, v string) error {
+		}),
+		setting(String, "cvat-username", "", "CVAT user for Basic auth (instead of a token)", func(c *Config, v string) error { c.CVATUsername = v; return nil }),
+		secret("cvat-password", "CVAT password for Basic auth", func(c *Config, v string) error { c.CVATPassword = v; return nil }),
+		setting(String, "cvat-org", "", "CVAT organization slug", func(c *Config, v string) error { c.CVATOrg = v; return nil }),
+	)
+	group(GroupCloud,
+		setting(String, "gcp-project", "", "GCP project of the topics (default $GOOGLE_CLOUD_PROJECT; none and no emulator: the embedded default)", func(c *Config, v string) error { c.GCPProject = v; return nil }),
+		setting(String, "gcs-bucket", "cvat-sync", "bucket the archives go to", func(c *Config, v string) error { c.GCSBucket = v; return bucketName(v) }),
+		setting(String, "gcs-prefix", "", "object name prefix in the bucket", func(c *Config, v string) error { c.GCSPrefix = strings.Trim(v, "/"); return nil }),
+		setting(String, "gcs-state-prefix", "_cvat-sync", "where the record of what was exported lives in the bucket (outside the archive prefix)", func(c *Config, v string) error {
 			c.GCSStatePrefix = strings.Trim(v, "/")
 			return nonEmpty(c.GCSStatePrefix)
-		}},
-		{"outbox-topic", "CVAT_SYNC_OUTBOX_TOPIC", "cvat-sync-exports", "topic of the export notices", false, func(c *Config, v string) error { c.OutboxTopic = v; return resourceID(v) }},
-		{"inbox-topic", "CVAT_SYNC_INBOX_TOPIC", "cvat-sync-inbox", "topic of the work queue", false, func(c *Config, v string) error { c.InboxTopic = v; return resourceID(v) }},
-		{"inbox-subscription", "CVAT_SYNC_INBOX_SUBSCRIPTION", "cvat-sync-inbox", "subscription of the work queue", false, func(c *Config, v string) error { c.InboxSubscription = v; return resourceID(v) }},
-		{"inbox-dead-letter-topic", "CVAT_SYNC_INBOX_DEAD_LETTER_TOPIC", "cvat-sync-inbox-dead", "where work goes after --max-attempts", false, func(c *Config, v string) error { c.DeadLetterTopic = v; return resourceID(v) }},
-		{"max-attempts", "CVAT_SYNC_MAX_ATTEMPTS", "5", "delivery attempts of an inbox message before it is dead-lettered (5 to 100, Pub/Sub's range)", false, func(c *Config, v string) error {
+		}),
+		setting(String, "outbox-topic", "cvat-sync-exports", "topic of the export notices", func(c *Config, v string) error { c.OutboxTopic = v; return resourceID(v) }),
+		setting(String, "inbox-topic", "cvat-sync-inbox", "topic of the work queue", func(c *Config, v string) error { c.InboxTopic = v; return resourceID(v) }),
+		setting(String, "inbox-subscription", "cvat-sync-inbox", "subscription of the work queue", func(c *Config, v string) error { c.InboxSubscription = v; return resourceID(v) }),
+		setting(String, "inbox-dead-letter-topic", "cvat-sync-inbox-dead", "where work goes after --max-attempts", func(c *Config, v string) error { c.DeadLetterTopic = v; return resourceID(v) }),
+		setting(Int, "max-attempts", "5", "delivery attempts of an inbox message before it is dead-lettered (5 to 100, Pub/Sub's range)", func(c *Config, v string) error {
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 5 || n > 100 {
 				return errors.New("must be a whole number from 5 to 100 (Pub/Sub's dead-letter range)")
 			}
 			c.MaxAttempts = n
 			return nil
-		}},
-		{"export-formats", "CVAT_SYNC_EXPORT_FORMATS", "CVAT for images 1.1", "comma-separated CVAT export format names", false, func(c *Config, v string) error {
+		}),
+		setting(String, "data-dir", "./cvat-sync-data", "storage of the embedded default", func(c *Config, v string) error { c.DataDir = v; return nonEmpty(v) }),
+	)
+	group(GroupExports,
+		setting(List, "export-formats", "CVAT for images 1.1", "comma-separated CVAT export format names", func(c *Config, v string) error {
 			c.ExportFormats = list(v)
 			if len(c.ExportFormats) == 0 {
 				return errors.New(`must name at least one CVAT format, e.g. "CVAT for images 1.1,COCO 1.0"`)
 			}
 			return nil
-		}},
-		{"save-images", "CVAT_SYNC_SAVE_IMAGES", "false", "export images too, not only annotations", false, boolInto(func(c *Config) *bool { return &c.SaveImages })},
-		{"trigger", "CVAT_SYNC_TRIGGER", "update", "which events export: update (any change to a task, its jobs or annotations) or completed (a job or task reaches completed)", false, func(c *Config, v string) error {
+		}),
+		setting(Bool, "save-images", "false", "export images too, not only annotations", boolInto(func(c *Config) *bool { return &c.SaveImages })),
+		setting(String, "trigger", "update", "which events export: update (any change to a task, its jobs or annotations) or completed (a job or task reaches completed)", func(c *Config, v string) error {
 			c.Trigger = strings.ToLower(v)
 			return oneOf(c.Trigger, "update", "completed")
-		}},
-		{"debounce", "CVAT_SYNC_DEBOUNCE", "30s", "export once a task has been quiet this long", false, durationInto(func(c *Config) *time.Duration { return &c.Debounce }, 0)},
-		{"max-wait", "CVAT_SYNC_MAX_WAIT", "10m", "export at the latest this long after a task's first pending event", false, durationInto(func(c *Config) *time.Duration { return &c.MaxWait }, 0)},
-		{"reconcile-interval", "CVAT_SYNC_RECONCILE_INTERVAL", "10m", "how often convergence compares CVAT's tasks with the bucket's record (0 = off: webhooks only)", false, durationInto(func(c *Config) *time.Duration { return &c.ReconcileInterval }, 0)},
-		{"full-reconcile-interval", "CVAT_SYNC_FULL_RECONCILE_INTERVAL", "1h", "how often a convergence pass lists every task (finding deletions); the passes between list only what changed", false, durationInto(func(c *Config) *time.Duration { return &c.FullReconcileInterval }, time.Minute)},
-		{"sync-since", "CVAT_SYNC_SYNC_SINCE", "first-start", "which tasks convergence exports unasked: first-start (changed since the service first started), all, an RFC 3339 time, or a duration before now (720h); backfill exports older ones", false, func(c *Config, v string) error {
+		}),
+	)
+	group(GroupConvergence,
+		setting(Duration, "debounce", "30s", "export once a task has been quiet this long", durationInto(func(c *Config) *time.Duration { return &c.Debounce }, 0)),
+		setting(Duration, "max-wait", "10m", "export at the latest this long after a task's first pending event", durationInto(func(c *Config) *time.Duration { return &c.MaxWait }, 0)),
+		setting(Duration, "reconcile-interval", "10m", "how often convergence compares CVAT's tasks with the bucket's record (0 = off: webhooks only)", durationInto(func(c *Config) *time.Duration { return &c.ReconcileInterval }, 0)),
+		setting(Duration, "full-reconcile-interval", "1h", "how often a convergence pass lists every task (finding deletions); the passes between list only what changed", durationInto(func(c *Config) *time.Duration { return &c.FullReconcileInterval }, time.Minute)),
+		setting(String, "sync-since", "first-start", "which tasks convergence exports unasked: first-start (changed since the service first started), all, an RFC 3339 time, or a duration before now (720h); backfill exports older ones", func(c *Config, v string) error {
 			c.SyncSince = v
 			switch v {
 			case "first-start", "all":
@@ -154,25 +213,19 @@ func Settings() []Setting {
 				return nil
 			}
 			return errors.New(`must be first-start, all, an RFC 3339 time (2026-05-01T00:00:00Z) or a duration before now (720h)`)
-		}},
-		{"max-delete-fraction", "CVAT_SYNC_MAX_DELETE_FRACTION", "0.5", "a full pass that finds more than this share of the recorded tasks gone (and more than 10) announces none of them and alerts; 1 lifts the guard", false, func(c *Config, v string) error {
+		}),
+		setting(Float, "max-delete-fraction", "0.5", "a full pass that finds more than this share of the recorded tasks gone (and more than 10) announces none of them and alerts; 1 lifts the guard", func(c *Config, v string) error {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil || f <= 0 || f > 1 {
 				return errors.New("must be a number above 0 and at most 1")
 			}
 			c.MaxDeleteFraction = f
 			return nil
-		}},
-		{"redeliver", "CVAT_SYNC_REDELIVER", "true", "read CVAT's delivery log of the registered webhook and redeliver failed deliveries", false, boolInto(func(c *Config) *bool { return &c.Redeliver })},
-		{"shutdown-grace", "CVAT_SYNC_SHUTDOWN_GRACE", "25s", "how long SIGTERM may take to drain", false, durationInto(func(c *Config) *time.Duration { return &c.ShutdownGrace }, time.Second)},
-		{"data-dir", "CVAT_SYNC_DATA_DIR", "./cvat-sync-data", "storage of the embedded default", false, func(c *Config, v string) error { c.DataDir = v; return nonEmpty(v) }},
-		{"log-level", "CVAT_SYNC_LOG_LEVEL", "info", "debug, info, warn or error", false, func(c *Config, v string) error {
-			if err := c.LogLevel.UnmarshalText([]byte(v)); err != nil {
-				return errors.New("must be debug, info, warn or error")
-			}
-			return nil
-		}},
-		{"public-url", "CVAT_SYNC_PUBLIC_URL", "", "URL CVAT reaches this service at (webhook register)", false, func(c *Config, v string) error {
+		}),
+		setting(Bool, "redeliver", "true", "read CVAT's delivery log of the registered webhook and redeliver failed deliveries", boolInto(func(c *Config) *bool { return &c.Redeliver })),
+	)
+	group(GroupRegistration,
+		setting(URL, "public-url", "", "URL CVAT reaches this service at (webhook register)", func(c *Config, v string) error {
 			if v == "" {
 				return nil
 			}
@@ -182,8 +235,8 @@ func Settings() []Setting {
 			}
 			c.PublicURL = strings.TrimRight(v, "/")
 			return nil
-		}},
-		{"webhook-project-id", "CVAT_SYNC_WEBHOOK_PROJECT_ID", "", "webhook register: make a project webhook for this project id", false, func(c *Config, v string) error {
+		}),
+		setting(Int, "webhook-project-id", "", "webhook register: make a project webhook for this project id", func(c *Config, v string) error {
 			if v == "" {
 				return nil
 			}
@@ -193,9 +246,29 @@ func Settings() []Setting {
 			}
 			c.WebhookProjectID = n
 			return nil
-		}},
-		{"webhook-org", "CVAT_SYNC_WEBHOOK_ORG", "", "webhook register: make an organization webhook (default --cvat-org)", false, func(c *Config, v string) error { c.WebhookOrg = v; return nil }},
+		}),
+		setting(String, "webhook-org", "", "webhook register: make an organization webhook (default --cvat-org)", func(c *Config, v string) error { c.WebhookOrg = v; return nil }),
+	)
+	group(GroupProcess,
+		setting(Duration, "shutdown-grace", "25s", "how long SIGTERM may take to drain", durationInto(func(c *Config) *time.Duration { return &c.ShutdownGrace }, time.Second)),
+		setting(String, "log-level", "info", "debug, info, warn or error", func(c *Config, v string) error {
+			if err := c.LogLevel.UnmarshalText([]byte(v)); err != nil {
+				return errors.New("must be debug, info, warn or error")
+			}
+			return nil
+		}),
+	)
+	return out
+}
+
+// Names returns the flag names of every setting, in documentation order:
+// what serve reads.
+func Names() []string {
+	var out []string
+	for _, s := range Settings() {
+		out = append(out, s.Flag)
 	}
+	return out
 }
 
 // Needs says which optional groups of settings a command requires.
@@ -204,37 +277,103 @@ type Needs uint8
 const (
 	// NeedsSecret requires a webhook secret (serve, webhook register).
 	NeedsSecret Needs = 1 << iota
-	// NeedsCVAT requires a CVAT URL and credentials (backfill, webhook commands).
-	NeedsCVAT
+	// NeedsCVATURL requires a CVAT URL.
+	NeedsCVATURL
+	// NeedsCredentials requires CVAT credentials: a token, or a username
+	// and password.
+	NeedsCredentials
 	// NeedsPublicURL requires CVAT_SYNC_PUBLIC_URL (webhook register).
 	NeedsPublicURL
+
+	// NeedsCVAT requires a CVAT URL and credentials (backfill, webhook commands).
+	NeedsCVAT = NeedsCVATURL | NeedsCredentials
 )
 
-// Parse reads args (without the program and command names) and getenv into a
-// Config. Flags win over the environment, which wins over defaults. Flags other
-// than the settings' can be added to fs beforehand; Parse returns the
-// remaining arguments.
-func Parse(fs *flag.FlagSet, args []string, getenv func(string) string, needs Needs) (Config, []string, error) {
-	settings := Settings()
-	values := make([]*string, len(settings))
-	files := make([]*string, len(settings))
-	for i, s := range settings {
-		values[i] = fs.String(s.Flag, "", usage(s))
+// Flags are the settings a command reads, registered as flags on its flag
+// set. After the flag set has parsed the arguments, Load resolves them.
+type Flags struct {
+	fs       *flag.FlagSet
+	settings []Setting
+	values   []*string
+	files    []*string
+}
+
+// Register declares the named settings (flag names, as in Setting.Flag) as
+// flags of fs, in documentation order, with a --<flag>-file flag for each
+// secret. A setting a command does not declare is not read: Load leaves it
+// at its default.
+func Register(fs *flag.FlagSet, names []string) (*Flags, error) {
+	want := map[string]bool{}
+	for _, n := range names {
+		if want[n] {
+			return nil, fmt.Errorf("config: setting %q listed twice", n)
+		}
+		want[n] = true
+	}
+	f := &Flags{fs: fs}
+	for _, s := range Settings() {
+		if !want[s.Flag] {
+			continue
+		}
+		delete(want, s.Flag)
+		v := new(string)
+		fs.Var(&text{p: v, bool: s.Kind == Bool}, s.Flag, s.Usage)
+		var file *string
 		if s.Secret {
-			files[i] = fs.String(s.Flag+"-file", "", "file holding "+s.Flag+" (env "+s.Env+"_FILE)")
+			file = fs.String(s.FileFlag(), "", "file holding --"+s.Flag)
+		}
+		f.settings, f.values, f.files = append(f.settings, s), append(f.values, v), append(f.files, file)
+	}
+	if len(want) > 0 {
+		return nil, fmt.Errorf("config: no setting %q", slices.Sorted(maps.Keys(want)))
+	}
+	return f, nil
+}
+
+// Settings returns the registered settings, in documentation order.
+func (f *Flags) Settings() []Setting { return f.settings }
+
+// IsSetting reports whether name is the flag (or the file flag) of one of
+// the registered settings, not a command's own flag.
+func (f *Flags) IsSetting(name string) bool {
+	for _, s := range f.settings {
+		if name == s.Flag || (s.Secret && name == s.FileFlag()) {
+			return true
 		}
 	}
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		return Config{}, nil, err
-	}
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	return false
+}
 
+// text is a setting's flag: it keeps the raw text, which Load validates
+// together with the environment's, so a value has one check and one message
+// wherever it comes from. A Bool setting's flag is a boolean flag.
+type text struct {
+	p    *string
+	bool bool
+}
+
+func (t *text) String() string {
+	if t.p == nil {
+		return ""
+	}
+	return *t.p
+}
+func (t *text) Set(v string) error { *t.p = v; return nil }
+func (t *text) IsBoolFlag() bool   { return t.bool }
+
+// Load resolves the registered settings from the parsed flags and getenv,
+// in this order: flag, flag file, environment, environment file, default.
+// It checks every value and the requirements of needs, and reports every
+// problem at once.
+func (f *Flags) Load(getenv func(string) string, needs Needs) (Config, error) {
+	given := map[string]bool{}
+	f.fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	declared := map[string]bool{}
 	var c Config
 	var errs []error
-	for i, s := range settings {
-		v, err := resolve(s, given, *values[i], files[i], getenv)
+	for i, s := range f.settings {
+		declared[s.Flag] = true
+		v, err := resolve(s, given, *f.values[i], f.files[i], getenv)
 		if err == nil {
 			err = s.set(&c, v)
 			if err != nil && s.Secret {
@@ -245,27 +384,35 @@ func Parse(fs *flag.FlagSet, args []string, getenv func(string) string, needs Ne
 			errs = append(errs, fmt.Errorf("%s (--%s): %w", s.Env, s.Flag, err))
 		}
 	}
-	if c.GCPProject == "" {
+	for _, s := range Settings() {
+		if !declared[s.Flag] {
+			if err := s.set(&c, s.Default); err != nil {
+				panic(fmt.Sprintf("config: default of %s: %v", s.Env, err)) // a bug in the table
+			}
+		}
+	}
+	if declared["gcp-project"] && c.GCPProject == "" {
 		c.GCPProject = getenv("GOOGLE_CLOUD_PROJECT")
 	}
 	if c.WebhookOrg == "" {
 		c.WebhookOrg = c.CVATOrg
 	}
-	errs = append(errs, c.check(needs)...)
+	errs = append(errs, c.check()...)
+	errs = append(errs, c.require(needs)...)
 	if len(errs) > 0 {
-		return Config{}, nil, errors.Join(errs...)
+		return Config{}, errors.Join(errs...)
 	}
-	return c, fs.Args(), nil
+	return c, nil
 }
 
 // resolve picks a setting's raw value: flag, flag file, env, env file, default.
 func resolve(s Setting, given map[string]bool, flagVal string, flagFile *string, getenv func(string) string) (string, error) {
 	switch {
-	case given[s.Flag] && flagFile != nil && given[s.Flag+"-file"]:
-		return "", fmt.Errorf("set either --%s or --%s-file, not both", s.Flag, s.Flag)
+	case given[s.Flag] && flagFile != nil && given[s.FileFlag()]:
+		return "", fmt.Errorf("set either --%s or --%s, not both", s.Flag, s.FileFlag())
 	case given[s.Flag]:
 		return strings.TrimSpace(flagVal), nil
-	case flagFile != nil && given[s.Flag+"-file"]:
+	case flagFile != nil && given[s.FileFlag()]:
 		return readSecretFile(*flagFile)
 	}
 	env := getenv(s.Env)
@@ -294,34 +441,45 @@ func readSecretFile(path string) (string, error) {
 }
 
 // check validates combinations of settings.
-func (c *Config) check(needs Needs) []error {
+func (c *Config) check() []error {
 	var errs []error
-	if needs&NeedsSecret != 0 && len(c.WebhookSecrets) == 0 {
-		errs = append(errs, errors.New("CVAT_SYNC_WEBHOOK_SECRET (--webhook-secret) or CVAT_SYNC_WEBHOOK_SECRET_FILE: required; "+
-			"set the secret of the CVAT webhook (a webhook without a secret sends unsigned deliveries, which are refused)"))
-	}
 	if c.CVATToken != "" && (c.CVATUsername != "" || c.CVATPassword != "") {
 		errs = append(errs, errors.New("CVAT_SYNC_CVAT_TOKEN and CVAT_SYNC_CVAT_USERNAME/PASSWORD: set a token or a username and password, not both"))
 	}
 	if (c.CVATUsername == "") != (c.CVATPassword == "") {
 		errs = append(errs, errors.New("CVAT_SYNC_CVAT_USERNAME and CVAT_SYNC_CVAT_PASSWORD: set both for Basic auth"))
 	}
-	if needs&NeedsCVAT != 0 {
-		if c.CVATURL == "" {
-			errs = append(errs, errors.New("CVAT_SYNC_CVAT_URL (--cvat-url): required for this command, e.g. http://cvat-backend-service.cvat.svc:8080"))
-		}
-		if c.CVATToken == "" && c.CVATUsername == "" {
-			errs = append(errs, errors.New("CVAT_SYNC_CVAT_TOKEN (or _FILE), or CVAT_SYNC_CVAT_USERNAME and CVAT_SYNC_CVAT_PASSWORD: credentials are required for this command"))
-		}
-	}
-	if needs&NeedsPublicURL != 0 && c.PublicURL == "" {
-		errs = append(errs, errors.New("CVAT_SYNC_PUBLIC_URL (--public-url): required; the URL CVAT reaches this service at, e.g. http://cvat-sync.cvat.svc:8080"))
-	}
 	if c.MaxWait < c.Debounce {
 		errs = append(errs, fmt.Errorf("CVAT_SYNC_MAX_WAIT (--max-wait): %s is shorter than CVAT_SYNC_DEBOUNCE %s; make it at least as long", c.MaxWait, c.Debounce))
 	}
 	return errs
 }
+
+// Require checks that the settings needs names are set, for a command that
+// decides what it requires only once it runs. The error names every
+// missing setting.
+func (c *Config) Require(needs Needs) error { return errors.Join(c.require(needs)...) }
+
+func (c *Config) require(needs Needs) []error {
+	var errs []error
+	if needs&NeedsSecret != 0 && len(c.WebhookSecrets) == 0 {
+		errs = append(errs, errors.New("CVAT_SYNC_WEBHOOK_SECRET (--webhook-secret) or CVAT_SYNC_WEBHOOK_SECRET_FILE: required; "+
+			"set the secret of the CVAT webhook (a webhook without a secret sends unsigned deliveries, which are refused)"))
+	}
+	if needs&NeedsCVATURL != 0 && c.CVATURL == "" {
+		errs = append(errs, errors.New("CVAT_SYNC_CVAT_URL (--cvat-url): required for this command, e.g. http://cvat-backend-service.cvat.svc:8080"))
+	}
+	if needs&NeedsCredentials != 0 && !c.HasCredentials() {
+		errs = append(errs, errors.New("CVAT_SYNC_CVAT_TOKEN (or _FILE), or CVAT_SYNC_CVAT_USERNAME and CVAT_SYNC_CVAT_PASSWORD: credentials are required for this command"))
+	}
+	if needs&NeedsPublicURL != 0 && c.PublicURL == "" {
+		errs = append(errs, errors.New("CVAT_SYNC_PUBLIC_URL (--public-url): required; the URL CVAT reaches this service at, e.g. http://cvat-sync.cvat.svc:8080"))
+	}
+	return errs
+}
+
+// HasCredentials reports whether CVAT credentials are configured.
+func (c *Config) HasCredentials() bool { return c.CVATToken != "" || c.CVATUsername != "" }
 
 // Embedded reports whether no GCP project and no emulator is configured, so
 // the service runs on its embedded default.
@@ -338,17 +496,6 @@ func (c *Config) Secrets() []string {
 		}
 	}
 	return out
-}
-
-func usage(s Setting) string {
-	u := s.Usage + " (env " + s.Env
-	if s.Secret {
-		u += ", or " + s.Env + "_FILE"
-	}
-	if s.Default != "" {
-		u += `; default "` + s.Default + `"`
-	}
-	return u + ")"
 }
 
 func list(v string) []string {
