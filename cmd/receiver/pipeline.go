@@ -93,7 +93,7 @@ func cvatProbe(cv *cvatapi.Client, cfg config.Config) func(ctx context.Context) 
 		if cv == nil {
 			return errors.New("CVAT_SYNC_CVAT_URL is not set: webhooks are stored, nothing is exported")
 		}
-		if cfg.CVATToken == "" && cfg.CVATUsername == "" {
+		if !cfg.HasCredentials() {
 			return errors.New("no CVAT credentials: set CVAT_SYNC_CVAT_TOKEN (or _FILE), or CVAT_SYNC_CVAT_USERNAME and CVAT_SYNC_CVAT_PASSWORD")
 		}
 		// CheckAuth's error names the setting and the scheme CVAT refused.

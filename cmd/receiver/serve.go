@@ -159,7 +159,7 @@ func serve(ctx context.Context, cfg config.Config, getenv func(string) string, s
 	switch {
 	case cv == nil:
 		log.Warn("CVAT_SYNC_CVAT_URL is not set: webhooks are stored in the inbox, nothing is exported")
-	case cfg.CVATToken == "" && cfg.CVATUsername == "":
+	case !cfg.HasCredentials():
 		log.Warn("no CVAT credentials (CVAT_SYNC_CVAT_TOKEN, or CVAT_SYNC_CVAT_USERNAME and _PASSWORD): webhooks are stored, nothing is exported until they are set")
 	default:
 		s, err := newStores(env, cfg, reg, log)
