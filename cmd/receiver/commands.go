@@ -498,18 +498,15 @@ func versionWarnings(version string, cfg config.Config) []string {
 		return nil
 	}
 	var out []string
-	if !v.AtLeast(2, 4, 2) {
+	if !v.FiresSaveWebhooks() {
 		out = append(out, "this CVAT fires no webhook for annotation saves (only for REST create, update and delete): "+
 			"convergence, every CVAT_SYNC_RECONCILE_INTERVAL ("+cfg.ReconcileInterval.String()+"), is the export engine here")
 		if cfg.ReconcileInterval == 0 {
 			out = append(out, "CVAT_SYNC_RECONCILE_INTERVAL is 0: with this CVAT, annotation saves are never exported; set it (e.g. 10m)")
 		}
 	}
-	if !v.AtLeast(2, 4, 0) {
-		if !cfg.LegacySignature {
-			out = append(out, "CVAT 2.3 signs every delivery over the body plus a newline: set CVAT_SYNC_LEGACY_SIGNATURE=true or every delivery is refused with 401")
-		}
-		out = append(out, "CVAT 2.3 puts a task's labels and segments into its webhook bodies; raise CVAT_SYNC_MAX_BODY_BYTES if deliveries are refused with 413")
+	if v.InlinesTaskDetails() {
+		out = append(out, "this CVAT puts a task's labels and segments into its webhook bodies; raise CVAT_SYNC_MAX_BODY_BYTES if deliveries are refused with 413")
 	}
 	return out
 }

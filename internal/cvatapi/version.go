@@ -52,6 +52,19 @@ func (v Version) AtLeast(major, minor, patch int) bool {
 	return v.Patch >= patch
 }
 
+// FiresSaveWebhooks reports whether the release fires webhooks for
+// annotation saves and other model saves (2.4.2 and later); before, only
+// REST create, update and delete calls fire them.
+func (v Version) FiresSaveWebhooks() bool { return v.AtLeast(2, 4, 2) }
+
+// SignsWithNewline reports whether the release signs its webhook bodies
+// with a trailing newline it does not send (2.3.x; fixed in 2.4.0).
+func (v Version) SignsWithNewline() bool { return !v.AtLeast(2, 4, 0) }
+
+// InlinesTaskDetails reports whether the release's webhook bodies carry a
+// task's labels and segments inline (2.3.x), which can pass a 1 MiB limit.
+func (v Version) InlinesTaskDetails() bool { return !v.AtLeast(2, 4, 0) }
+
 // String is "X.Y.Z".
 func (v Version) String() string { return fmt.Sprintf("%d.%d.%d", v.Major, v.Minor, v.Patch) }
 
