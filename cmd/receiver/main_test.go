@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -60,31 +59,19 @@ func startService(t *testing.T, env map[string]string, args ...string) *service 
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &service{logs: &syncBuffer{}, cancel: cancel, done: make(chan error, 1)}
+	addr := make(chan string, 1)
 	go func() {
-		s.done <- run(ctx, append([]string{"receiver", "serve"}, args...), envMap(env), stdio{out: s.logs})
+		s.done <- run(ctx, append([]string{"receiver", "serve"}, args...), envMap(env),
+			stdio{out: s.logs, listening: func(a string) { addr <- a }})
 	}()
-	deadline := time.Now().Add(20 * time.Second)
-	for s.addr == "" {
-		select {
-		case err := <-s.done:
-			t.Fatalf("serve exited early: %v\n%s", err, s.logs)
-		default:
-		}
-		if time.Now().After(deadline) {
-			cancel()
-			t.Fatalf("serve did not start listening:\n%s", s.logs)
-		}
-		sc := bufio.NewScanner(strings.NewReader(s.logs.String()))
-		for sc.Scan() {
-			var line struct {
-				Message string `json:"message"`
-				Addr    string `json:"addr"`
-			}
-			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Message == "listening" {
-				s.addr = line.Addr
-			}
-		}
-		time.Sleep(10 * time.Millisecond) // polling the log with a deadline
+	select {
+	case s.addr = <-addr:
+	case err := <-s.done:
+		cancel()
+		t.Fatalf("serve exited early: %v\n%s", err, s.logs)
+	case <-time.After(20 * time.Second):
+		cancel()
+		t.Fatalf("serve did not start listening:\n%s", s.logs)
 	}
 	t.Cleanup(func() {
 		s.stop(t)

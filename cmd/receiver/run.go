@@ -20,6 +20,9 @@ var version = "dev"
 type stdio struct {
 	in       io.Reader
 	out, err io.Writer
+	// listening, if set, is told the address serve listens on once it does
+	// (tests give serve 127.0.0.1:0 and learn the port here).
+	listening func(addr string)
 }
 
 func (s stdio) orDiscard() stdio {
@@ -86,7 +89,7 @@ func commands() []command {
 		settings: config.Names(),
 		needs:    config.NeedsSecret,
 		flags: func(*flag.FlagSet) runner {
-			return runFunc(func(ctx context.Context, inv invocation) error { return serve(ctx, inv.cfg, inv.getenv, inv.out) })
+			return runFunc(func(ctx context.Context, inv invocation) error { return serve(ctx, inv.cfg, inv.getenv, inv.out, inv.listening) })
 		},
 	}, {
 		name:     "backfill",

@@ -69,7 +69,7 @@ func newRegistry() *prometheus.Registry {
 
 // serve runs the service until ctx is cancelled (SIGTERM, SIGINT), logging
 // to stdout.
-func serve(ctx context.Context, cfg config.Config, getenv func(string) string, stdout io.Writer) error {
+func serve(ctx context.Context, cfg config.Config, getenv func(string) string, stdout io.Writer, listening func(addr string)) error {
 	log := newLogger(stdout, cfg.LogLevel)
 	reg := newRegistry()
 	verifier, err := signature.NewVerifier(cfg.WebhookSecrets, signature.WithLegacyNewline(cfg.LegacySignature))
@@ -192,6 +192,9 @@ func serve(ctx context.Context, cfg config.Config, getenv func(string) string, s
 	go func() { serveErr <- hs.Serve(ln) }()
 	log.Info("listening", "addr", ln.Addr().String(), "mode", string(env.Mode), "version", version,
 		"webhook_path", webhook.Path, "secrets", len(cfg.WebhookSecrets))
+	if listening != nil {
+		listening(ln.Addr().String())
+	}
 
 	var shutdownErr error
 	select {
