@@ -78,8 +78,13 @@ type Server struct {
 
 	serveErr chan error
 	stop     chan struct{}
-	wg       sync.WaitGroup
+	wg       sync.WaitGroup // the sweeper
 	once     sync.Once
+
+	mu      sync.Mutex
+	closing bool
+	active  sync.WaitGroup              // requests in route, from the listener or in-process
+	pipes   map[*io.PipeWriter]struct{} // response bodies of in-process requests
 }
 
 // New starts a server according to cfg.
@@ -135,6 +140,7 @@ func New(cfg Config) (*Server, error) {
 		idle:     cfg.IdleTimeout,
 		serveErr: make(chan error, 1),
 		stop:     make(chan struct{}),
+		pipes:    map[*io.PipeWriter]struct{}{},
 	}
 	var h http.Handler = http.HandlerFunc(s.route)
 	if cfg.Middleware != nil {
@@ -172,6 +178,12 @@ func (s *Server) Close() error {
 	var err error
 	s.once.Do(func() {
 		close(s.stop)
+		s.mu.Lock()
+		s.closing = true
+		for pw := range s.pipes {
+			_ = pw.CloseWithError(errClosed) // a reader that stopped reading
+		}
+		s.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		if shutdownErr := s.hs.Shutdown(ctx); shutdownErr != nil {
@@ -180,6 +192,8 @@ func (s *Server) Close() error {
 		if serveErr := <-s.serveErr; !errors.Is(serveErr, http.ErrServerClosed) {
 			err = serveErr
 		}
+		// Cut off, every request ends soon: its body or its answer fails.
+		s.active.Wait()
 		s.wg.Wait()
 		s.sessions.abortAll()
 		s.fake.Stop()
@@ -209,6 +223,11 @@ func (s *Server) sweep() {
 // fake-gcs-server, serializing fake-gcs-server's writes with the uploads'
 // commits.
 func (s *Server) route(w http.ResponseWriter, r *http.Request) {
+	if !s.enter() {
+		writeError(w, &apiError{code: http.StatusServiceUnavailable, reason: "backendError", msg: errClosed.Error()})
+		return
+	}
+	defer s.active.Done()
 	if bucket, ok := uploadBucket(r.URL.EscapedPath()); ok {
 		if s.serveUpload(w, r, bucket) {
 			return
@@ -225,6 +244,17 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 		defer s.store.unlock()
 		s.fakeH.ServeHTTP(w, r)
 	}
+}
+
+// enter counts a request in, unless the server is closing.
+func (s *Server) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.active.Add(1)
+	return true
 }
 
 // uploadBucket returns the bucket of an upload path

@@ -72,8 +72,20 @@ func newRig(t testing.TB, cfg Config) *rig {
 
 func (r *rig) newClient(t testing.TB) *storage.Client {
 	t.Helper()
+	return r.clientWith(t, r.tr)
+}
+
+// inProcessClient is a client on the server's in-process transport, as the
+// embedded default's own.
+func (r *rig) inProcessClient(t testing.TB) *storage.Client {
+	t.Helper()
+	return r.clientWith(t, r.srv.Transport())
+}
+
+func (r *rig) clientWith(t testing.TB, tr http.RoundTripper) *storage.Client {
+	t.Helper()
 	c, err := storage.NewClient(context.Background(), option.WithEndpoint(r.srv.URL()+"/storage/v1/"),
-		option.WithoutAuthentication(), option.WithHTTPClient(&http.Client{Transport: r.tr}), storage.WithJSONReads())
+		option.WithoutAuthentication(), option.WithHTTPClient(&http.Client{Transport: tr}), storage.WithJSONReads())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +138,18 @@ var ifAbsent = &storage.Conditions{DoesNotExist: true}
 // of it) is what gets, listings and fake-gcs-server read, with the
 // checksums GCS would compute, and the upload's answer is a get's answer.
 func TestUploadRoundTrip(t *testing.T) {
-	r := newRig(t, Config{})
+	for _, transport := range []string{"loopback", "in-process"} {
+		t.Run(transport, func(t *testing.T) {
+			r := newRig(t, Config{})
+			if transport == "in-process" {
+				r.client = r.inProcessClient(t)
+			}
+			testUploadRoundTrip(t, r)
+		})
+	}
+}
+
+func testUploadRoundTrip(t *testing.T, r *rig) {
 	ctx := context.Background()
 	for _, tt := range []struct {
 		name string
@@ -368,5 +391,65 @@ func TestStaleSpoolRemoved(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(live, "upload-1")); err != nil {
 		t.Errorf("live spool file: %v, want kept", err)
+	}
+}
+
+// TestTransport: the in-process transport streams downloads (whole, by
+// range, abandoned half way), answers errors as the listener does, does
+// not hold Close up, and fails once the server is closed.
+func TestTransport(t *testing.T) {
+	r := newRig(t, Config{})
+	c := r.inProcessClient(t)
+	ctx := context.Background()
+	data := content(7, 2*chunkSize+3)
+	if _, err := r.put(ctx, "big", data, ifAbsent); err != nil {
+		t.Fatal(err)
+	}
+	obj := c.Bucket(bucket).Object("big")
+	rd, err := obj.NewReader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := io.ReadAll(rd)
+	rd.Close()
+	if err != nil || !bytes.Equal(back, data) {
+		t.Fatalf("download: %d bytes, %v", len(back), err)
+	}
+	rd, err = obj.NewRangeReader(ctx, chunkSize, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err = io.ReadAll(rd)
+	rd.Close()
+	if err != nil || !bytes.Equal(back, data[chunkSize:chunkSize+10]) {
+		t.Fatalf("range: %q, %v", back, err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	rd, err = obj.NewReader(rctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(rd, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	rd.Close() // the handler's goroutine ends (goleak checks)
+	if _, err := c.Bucket(bucket).Object("nosuch").Attrs(ctx); !errors.Is(err, storage.ErrObjectNotExist) {
+		t.Fatalf("missing object: %v", err)
+	}
+	// A download nobody reads does not hold Close up, and fails.
+	stuck, err := obj.NewReader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Close()
+	if err := r.srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(stuck); err == nil {
+		t.Fatal("a download cut off by Close ended without an error")
+	}
+	if _, err := c.Bucket(bucket).Object("big").Attrs(ctx); err == nil {
+		t.Fatal("a request after Close succeeded")
 	}
 }

@@ -197,7 +197,8 @@ func (u *upload) discard() {
 // follower computes the MD5 of a file as it grows, reading back what was
 // appended (from the page cache) on a goroutine of its own: GCS records an
 // MD5 of every object, and at ~600 MB/s it would otherwise cost the upload
-// more time than writing the bytes does.
+// more time than writing the bytes does. It also starts the writeback of
+// what it has hashed, so the disk works while the upload goes on.
 type follower struct {
 	f       *os.File
 	mu      sync.Mutex
@@ -234,6 +235,7 @@ func (fl *follower) run() {
 		if aborted {
 			return
 		}
+		from := off
 		for off < limit {
 			m, err := fl.f.ReadAt(buf[:min(int64(len(buf)), limit-off)], off)
 			h.Write(buf[:m])
@@ -242,6 +244,9 @@ func (fl *follower) run() {
 				fl.err = fmt.Errorf("read back the spool file for its MD5: %w", err)
 				return
 			}
+		}
+		if off > from {
+			startWriteback(fl.f, from, off-from)
 		}
 		if closed {
 			fl.sum = h.Sum(nil)

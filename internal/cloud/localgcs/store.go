@@ -135,18 +135,19 @@ const timestampFormat = "2006-01-02T15:04:05.999999Z07:00"
 // it, or the error. up is gone afterwards, renamed into place or removed.
 func (s *store) commit(spec *objectSpec, up *upload, googHash []string) response {
 	defer up.discard()
+	// Durable before it is visible, as GCS's answer means (and as
+	// fake-gcs-server's own writes are); outside the lock, which other
+	// writers wait for, and while the MD5 catches up: one waits for the
+	// disk, the other for a CPU.
+	synced := make(chan error, 1)
+	go func() { synced <- up.f.Sync() }()
 	crc, sum, err := up.sums()
+	err = errors.Join(err, <-synced)
 	if err != nil {
 		return errorResponse(internalError(err))
 	}
 	if err := checkSums(spec, googHash, crc, sum); err != nil {
 		return errorResponse(err)
-	}
-	// Durable before it is visible, as GCS's answer means (and as
-	// fake-gcs-server's own writes are); outside the lock, which other
-	// writers wait for.
-	if err := up.f.Sync(); err != nil {
-		return errorResponse(internalError(err))
 	}
 	if err := s.lock(); err != nil {
 		return errorResponse(internalError(err))
