@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -228,7 +229,12 @@ func (e *Env) openEmbedded(ctx context.Context, cfg Config) error {
 	e.closers = append(e.closers, gsrv.Close)
 	ep := Endpoints{PubSub: psrv.Addr, Storage: gsrv.URL()}
 	e.endpoints = ep
-	if err := e.attach(ctx, ep); err != nil {
+	if err := e.connectPubSub(ctx, ep.PubSub); err != nil {
+		return err
+	}
+	// This process's own storage client reaches the server without the
+	// loopback interface; other processes attach through its listener.
+	if err := e.connectStorage(ctx, ep.Storage, option.WithHTTPClient(&http.Client{Transport: gsrv.Transport()})); err != nil {
 		return err
 	}
 	b, _ := json.Marshal(ep) // two strings always encode
@@ -276,8 +282,9 @@ func (e *Env) connectPubSub(ctx context.Context, addr string) error {
 }
 
 // connectStorage connects to a GCS emulator at base (scheme://host:port).
-func (e *Env) connectStorage(ctx context.Context, base string) error {
-	st, err := storage.NewClient(ctx, option.WithEndpoint(base+"/storage/v1/"), option.WithoutAuthentication(), storage.WithJSONReads())
+func (e *Env) connectStorage(ctx context.Context, base string, opts ...option.ClientOption) error {
+	opts = append([]option.ClientOption{option.WithEndpoint(base + "/storage/v1/"), option.WithoutAuthentication(), storage.WithJSONReads()}, opts...)
+	st, err := storage.NewClient(ctx, opts...)
 	if err != nil {
 		return fmt.Errorf("GCS emulator at %s: %w", base, err)
 	}

@@ -15,8 +15,10 @@ package cloudtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -35,11 +37,14 @@ import (
 // Options.Project says otherwise.
 const DefaultProject = "cloudtest"
 
-// Options configure Start.
+// Options configure Start and New.
 type Options struct {
 	// Project is the GCP project id the service is given
 	// (CVAT_SYNC_GCP_PROJECT); default DefaultProject.
 	Project string
+	// Dir is where the GCS emulator keeps its buckets (in Dir/gcs); New's
+	// default is a temporary directory removed by Close, Start's the test's.
+	Dir string
 }
 
 // Emulators are a running Pub/Sub and GCS emulator.
@@ -48,6 +53,7 @@ type Emulators struct {
 	ps      *pstest.Server
 	psProxy *proxy // what PUBSUB_EMULATOR_HOST names: it can be cut
 	gcs     *localgcs.Server
+	tmpDir  string // removed by Close
 
 	gcsFault  atomic.Pointer[func(*http.Request) int]
 	gcsFaults atomic.Int64
@@ -60,32 +66,80 @@ type Emulators struct {
 // Start starts the emulators; they stop when t's test ends.
 func Start(t testing.TB, opts Options) *Emulators {
 	t.Helper()
+	if opts.Dir == "" {
+		opts.Dir = t.TempDir()
+	}
+	e, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := e.Close(); err != nil {
+			t.Errorf("%v", err)
+		}
+	})
+	return e
+}
+
+// New starts the emulators for a program (a benchmark's); Close stops
+// them. Tests use Start.
+func New(opts Options) (_ *Emulators, err error) {
 	e := &Emulators{project: opts.Project}
 	if e.project == "" {
 		e.project = DefaultProject
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, e.Close())
+		}
+	}()
+	if opts.Dir == "" {
+		if e.tmpDir, err = os.MkdirTemp("", "cloudtest-"); err != nil {
+			return nil, fmt.Errorf("cloudtest: %w", err)
+		}
+		opts.Dir = e.tmpDir
 	}
 	var reactors []pstest.ServerReactorOption
 	for _, m := range unaryRPCs {
 		reactors = append(reactors, pstest.ServerReactorOption{FuncName: m, Reactor: faultReactor{e: e, method: m}})
 	}
 	e.ps = pstest.NewServerWithAddress("127.0.0.1:0", reactors...)
-	t.Cleanup(func() { _ = e.ps.Close() })
-	var err error
 	if e.psProxy, err = newProxy(e.ps.Addr); err != nil {
-		t.Fatalf("cloudtest: Pub/Sub proxy: %v", err)
+		return nil, fmt.Errorf("cloudtest: Pub/Sub proxy: %w", err)
 	}
-	t.Cleanup(e.psProxy.close)
-	e.gcs, err = localgcs.New(localgcs.Config{Root: filepath.Join(t.TempDir(), "gcs"), Middleware: e.faultMiddleware})
+	e.gcs, err = localgcs.New(localgcs.Config{Root: filepath.Join(opts.Dir, "gcs"), Middleware: e.faultMiddleware})
 	if err != nil {
-		t.Fatalf("cloudtest: GCS emulator: %v", err)
+		return nil, fmt.Errorf("cloudtest: GCS emulator: %w", err)
 	}
-	t.Cleanup(func() {
-		if err := e.gcs.Close(); err != nil {
-			t.Errorf("cloudtest: stop the GCS emulator: %v", err)
-		}
-	})
-	e.env = e.Open(t)
-	return e
+	if e.env, err = e.open(); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Close stops the emulators.
+func (e *Emulators) Close() error {
+	var errs []error
+	if e.env != nil {
+		e.PubSubUp() // publishers flush before they stop
+		errs = append(errs, e.env.Close())
+	}
+	if e.gcs != nil {
+		errs = append(errs, e.gcs.Close())
+	}
+	if e.psProxy != nil {
+		e.psProxy.close()
+	}
+	if e.ps != nil {
+		errs = append(errs, e.ps.Close())
+	}
+	if e.tmpDir != "" {
+		errs = append(errs, os.RemoveAll(e.tmpDir))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("cloudtest: stop the emulators: %w", err)
+	}
+	return nil
 }
 
 // Project is the project id of the emulators' resources.
@@ -114,9 +168,9 @@ func (e *Emulators) Getenv(name string) string { return e.Env()[name] }
 // t's test ends.
 func (e *Emulators) Open(t testing.TB) *cloud.Env {
 	t.Helper()
-	env, err := cloud.New(context.Background(), cloud.Config{Project: e.project, Getenv: e.Getenv})
+	env, err := e.open()
 	if err != nil {
-		t.Fatalf("cloudtest: open: %v", err)
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		e.PubSubUp() // publishers flush before they stop
@@ -125,6 +179,14 @@ func (e *Emulators) Open(t testing.TB) *cloud.Env {
 		}
 	})
 	return env
+}
+
+func (e *Emulators) open() (*cloud.Env, error) {
+	env, err := cloud.New(context.Background(), cloud.Config{Project: e.project, Getenv: e.Getenv})
+	if err != nil {
+		return nil, fmt.Errorf("cloudtest: open: %w", err)
+	}
+	return env, nil
 }
 
 // PubSub is the Pub/Sub emulator, for what it records (Messages: every
