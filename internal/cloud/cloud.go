@@ -150,9 +150,8 @@ type Endpoints struct {
 // EndpointsFile is the path of the embedded default's endpoints file.
 func EndpointsFile(dataDir string) string { return filepath.Join(dataDir, "embedded.json") }
 
-// Open connects according to s, logging to log.
-//
-// Deprecated: use New, with the logger in Config.Logger.
+// Open is New with the logger given apart, as cmd/receiver calls it; new
+// callers use New with Config.Logger.
 func Open(ctx context.Context, s Settings, log *slog.Logger) (*Env, error) {
 	if s.Logger == nil {
 		s.Logger = log
