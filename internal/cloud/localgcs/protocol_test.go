@@ -266,3 +266,36 @@ func TestStoreLayoutMatchesFake(t *testing.T) {
 		}
 	}
 }
+
+// TestDeleteAndUpdatePreconditions: a delete or metadata update of an
+// object honours ifGenerationMatch, which fake-gcs-server alone ignores
+// (it deletes whatever generation is live): the sink removes one corrupt
+// generation this way and must not remove a newer one.
+func TestDeleteAndUpdatePreconditions(t *testing.T) {
+	r := newRig(t, Config{})
+	ctx := context.Background()
+	first, err := r.put(ctx, "tasks/1/x.zip", []byte("one"), ifAbsent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := r.put(ctx, "tasks/1/x.zip", []byte("two"), &storage.Conditions{GenerationMatch: first.Generation})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := r.client.Bucket(bucket).Object("tasks/1/x.zip")
+	if err := h.If(storage.Conditions{GenerationMatch: first.Generation}).Delete(ctx); !isStatus(err, http.StatusPreconditionFailed) {
+		t.Fatalf("delete of a replaced generation: %v, want 412", err)
+	}
+	if _, err := h.If(storage.Conditions{GenerationMatch: first.Generation}).Update(ctx, storage.ObjectAttrsToUpdate{Metadata: map[string]string{"k": "v"}}); !isStatus(err, http.StatusPreconditionFailed) {
+		t.Fatalf("update of a replaced generation: %v, want 412", err)
+	}
+	if a, err := h.Attrs(ctx); err != nil || a.Generation != second.Generation {
+		t.Fatalf("after refused changes: %+v %v; want generation %d", a, err, second.Generation)
+	}
+	if err := h.If(storage.Conditions{GenerationMatch: second.Generation}).Delete(ctx); err != nil {
+		t.Fatalf("delete of the live generation: %v", err)
+	}
+	if _, err := h.Attrs(ctx); !errors.Is(err, storage.ErrObjectNotExist) {
+		t.Fatalf("after delete: %v", err)
+	}
+}

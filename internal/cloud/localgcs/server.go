@@ -242,8 +242,60 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		defer s.store.unlock()
+		if err := s.checkPreconditions(r); err != nil {
+			writeError(w, err)
+			return
+		}
 		s.fakeH.ServeHTTP(w, r)
 	}
+}
+
+// checkPreconditions evaluates the preconditions of a delete or an update
+// of an object, which fake-gcs-server ignores (it honours them on uploads
+// only): the sink deletes one corrupt generation with ifGenerationMatch,
+// and must not delete a newer one. The caller holds the store lock.
+func (s *Server) checkPreconditions(r *http.Request) error {
+	rest, ok := strings.CutPrefix(r.URL.EscapedPath(), "/storage/v1/b/")
+	if !ok {
+		return nil
+	}
+	bucket, object, ok := strings.Cut(rest, "/o/")
+	if !ok || strings.Contains(bucket, "/") || object == "" || isSubresource(object) ||
+		r.Method != http.MethodDelete && r.Method != http.MethodPatch && r.Method != http.MethodPut {
+		return nil
+	}
+	cond, err := parseConditions(r.URL.Query())
+	if err != nil || cond == (conditions{}) {
+		return err
+	}
+	b, err1 := pathUnescape(bucket)
+	name, err2 := pathUnescape(object)
+	if err1 != nil || err2 != nil {
+		return invalid("malformed object path %q", r.URL.EscapedPath())
+	}
+	if !s.store.bucketExists(b) {
+		return errNoBucket
+	}
+	gen, err := s.store.generation(b, name, s.store.path(b, name))
+	if err != nil {
+		return err
+	}
+	if !cond.met(gen) {
+		return errPrecondition
+	}
+	return nil
+}
+
+// isSubresource reports whether the escaped path after /o/ names more than
+// an object (its ACL, or a copy, rewrite or compose).
+func isSubresource(object string) bool {
+	for _, seg := range strings.Split(object, "/")[1:] {
+		switch seg {
+		case "acl", "compose", "copyTo", "rewriteTo":
+			return true
+		}
+	}
+	return false
 }
 
 // enter counts a request in, unless the server is closing.

@@ -156,7 +156,7 @@ func (s *store) commit(spec *objectSpec, up *upload, googHash []string) response
 	if !s.bucketExists(spec.Bucket) {
 		return errorResponse(errNoBucket)
 	}
-	dest := filepath.Join(s.root, url.PathEscape(spec.Bucket), filepath.FromSlash(spec.Name))
+	dest := s.path(spec.Bucket, spec.Name)
 	gen, err := s.generation(spec.Bucket, spec.Name, dest)
 	if err != nil {
 		return errorResponse(err)
@@ -174,6 +174,11 @@ func (s *store) commit(spec *objectSpec, up *upload, googHash []string) response
 		return errorResponse(internalError(err))
 	}
 	return s.render(spec.Bucket, spec.Name, spec.Projection)
+}
+
+// path is where the filesystem backend keeps an object's content.
+func (s *store) path(bucket, name string) string {
+	return filepath.Join(s.root, url.PathEscape(bucket), filepath.FromSlash(name))
 }
 
 // generation is the live generation of the object at dest, 0 when there is
