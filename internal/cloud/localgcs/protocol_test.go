@@ -15,6 +15,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"cloud.google.com/go/storage"
 	"github.com/google/go-cmp/cmp"
@@ -297,5 +298,46 @@ func TestDeleteAndUpdatePreconditions(t *testing.T) {
 	}
 	if _, err := h.Attrs(ctx); !errors.Is(err, storage.ErrObjectNotExist) {
 		t.Fatalf("after delete: %v", err)
+	}
+}
+
+// TestNamesTheLayoutCannotHold: names that would collide as files are
+// refused with a 400 that says why, before or after their bytes arrive.
+func TestNamesTheLayoutCannotHold(t *testing.T) {
+	r := newRig(t, Config{})
+	ctx := context.Background()
+	if _, err := r.put(ctx, "a/b", []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"a", "a/b/c", "a//b", "a/./b", "/a", "a/"} {
+		if _, err := r.put(ctx, name, []byte("y"), nil); !isStatus(err, http.StatusBadRequest) {
+			t.Errorf("%q: %v, want 400", name, err)
+		}
+	}
+	if obj, err := r.srv.Fake().GetObject(bucket, "a/b"); err != nil || string(obj.Content) != "x" {
+		t.Fatalf("a/b: %q %v", obj.Content, err)
+	}
+}
+
+// TestExpiredSession: a session dropped for idleness answers 404 to a
+// request that was already on its way.
+func TestExpiredSession(t *testing.T) {
+	r := newRig(t, Config{IdleTimeout: -1})
+	loc := r.startSession(t, "late", "")
+	id := loc[strings.LastIndex(loc, "=")+1:]
+	sess := r.srv.sessions.get(id)
+	if ids := r.srv.sessions.expire(time.Now().Add(time.Second)); len(ids) != 1 || ids[0] != id {
+		t.Fatalf("expired %v", ids)
+	}
+	// The request that had found the session before it expired.
+	rec := &recorder{header: http.Header{}}
+	req, _ := http.NewRequest(http.MethodPut, loc, strings.NewReader("0123456789"))
+	req.Header.Set("Content-Range", "bytes 0-9/10")
+	r.srv.chunk(rec, req, sess)
+	if rec.status != http.StatusNotFound {
+		t.Fatalf("chunk to an expired session: %d %s, want 404", rec.status, rec.body.String())
+	}
+	if code, _, _ := r.call(t, http.MethodPut, loc, []byte("0123456789"), map[string]string{"Content-Range": "bytes 0-9/10"}); code != http.StatusNotFound {
+		t.Fatalf("chunk after expiry: %d, want 404", code)
 	}
 }

@@ -3,6 +3,7 @@ package localgcs
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"net/http"
 	"sync"
 	"time"
 )
@@ -57,12 +58,16 @@ func (ss *sessions) expire(t time.Time) []string {
 			continue
 		}
 		if s.last.Before(t) {
+			if s.final == nil {
+				ids = append(ids, id)
+				// A request that found the session just before it went
+				// gets this answer.
+				expired := errorResponse(&apiError{code: http.StatusNotFound, reason: "notFound", msg: "upload session expired (idle for too long); start a new one"})
+				s.final = &expired
+			}
 			s.up.discard()
 			s.up = nil
 			delete(ss.m, id)
-			if s.final == nil {
-				ids = append(ids, id)
-			}
 		}
 		s.mu.Unlock()
 	}
@@ -73,10 +78,14 @@ func (ss *sessions) expire(t time.Time) []string {
 func (ss *sessions) abortAll() {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
+	closed := errorResponse(&apiError{code: http.StatusServiceUnavailable, reason: "backendError", msg: errClosed.Error()})
 	for id, s := range ss.m {
 		s.mu.Lock()
 		s.up.discard()
 		s.up = nil
+		if s.final == nil {
+			s.final = &closed
+		}
 		s.mu.Unlock()
 		delete(ss.m, id)
 	}

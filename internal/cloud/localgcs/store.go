@@ -103,6 +103,10 @@ func checkName(name string) error {
 	return nil
 }
 
+// errPrefixIsObject refuses a name under another object's name ("a/b" when
+// "a" exists), which the filesystem layout cannot hold.
+var errPrefixIsObject = invalid("object name: the embedded server stores objects as files, and a prefix of this name (up to a '/') is another object")
+
 // fsAttrs is the filesystem backend's record of an object (backend.ObjectAttrs,
 // encoded with its Go field names; BucketName, Name and Size are not stored).
 type fsAttrs struct {
@@ -156,6 +160,9 @@ func (s *store) commit(spec *objectSpec, up *upload, googHash []string) response
 	if !s.bucketExists(spec.Bucket) {
 		return errorResponse(errNoBucket)
 	}
+	if !s.xattr && strings.HasSuffix(spec.Name, metadataSuffix) {
+		return errorResponse(invalid("object name %q: on this filesystem the embedded server keeps attributes in %s files, so no object name may end so", spec.Name, metadataSuffix))
+	}
 	dest := s.path(spec.Bucket, spec.Name)
 	gen, err := s.generation(spec.Bucket, spec.Name, dest)
 	if err != nil {
@@ -171,7 +178,7 @@ func (s *store) commit(spec *objectSpec, up *upload, googHash []string) response
 		return errorResponse(internalError(err))
 	}
 	if err := s.place(up, dest, enc); err != nil {
-		return errorResponse(internalError(err))
+		return errorResponse(err) // an *apiError says what, others are a 500
 	}
 	return s.render(spec.Bucket, spec.Name, spec.Projection)
 }
@@ -188,8 +195,11 @@ func (s *store) generation(bucket, name, dest string) (int64, error) {
 		return 0, invalid("object name %q: the embedded server stores objects as files, and other objects' names start with %q", name, name+"/")
 	}
 	obj, err := s.fake.GetObjectStreaming(bucket, name)
-	if errors.Is(err, fs.ErrNotExist) {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		return 0, nil
+	case errors.Is(err, syscall.ENOTDIR):
+		return 0, errPrefixIsObject
 	}
 	if err != nil {
 		return 0, internalError(fmt.Errorf("read the live generation of %s: %w", name, err))
@@ -205,6 +215,9 @@ func (s *store) generation(bucket, name, dest string) (int64, error) {
 // there (a listing fails on content without them).
 func (s *store) place(up *upload, dest string, enc []byte) error {
 	if err := os.MkdirAll(filepath.Dir(dest), 0o700); err != nil {
+		if errors.Is(err, syscall.ENOTDIR) {
+			return errPrefixIsObject
+		}
 		return err
 	}
 	lateXattr := false

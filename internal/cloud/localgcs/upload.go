@@ -152,7 +152,7 @@ func (s *Server) chunk(w http.ResponseWriter, r *http.Request, sess *session) {
 	case cr.first > up.size:
 		writeError(w, invalid("Invalid request. According to the Content-Range header, the upload offset is %d byte(s), which exceeds already uploaded size of %d byte(s).", cr.first, up.size))
 		return
-	case r.ContentLength >= 0 && r.ContentLength != n:
+	case r.ContentLength >= 0 && r.ContentLength != n && r.Header.Get("Content-Encoding") == "":
 		writeError(w, invalid("Content-Range %q announces %d bytes, Content-Length %d", cr.raw, n, r.ContentLength))
 		return
 	case cr.total >= 0 && cr.last >= cr.total:
