@@ -24,8 +24,10 @@
 #    with tmpfs on /tmp and on the data dir, like readOnlyRootFilesystem + emptyDirs),
 #    proves a write into it fails, starts /receiver in it as UID 65532 (chroot, no
 #    capabilities, no_new_privs) with the image's environment plus the chart's ConfigMap
-#    (when helm is installed, as .ci/chart-check.sh does) and the webhook secret as a file,
-#    polls /healthz on a loopback port until 200, then stops it with SIGTERM.
+#    (when helm is installed, as .ci/chart-check.sh does) and the webhook secret as a file but
+#    no CVAT token (a Secret without cvat-token, as on a fresh install), polls /healthz on a
+#    loopback port until 200, checks that /readyz and /metrics report the missing credentials,
+#    then stops it with SIGTERM.
 #
 # Tools are installed on first use, pinned, into ${XDG_CACHE_HOME:-~/.cache}/cvat-sync-ci
 # (needs Go + the Go module proxy, npm, and as root apt-get for anything missing).
@@ -397,7 +399,12 @@ for k, v in sorted(yaml.safe_load(open(sys.argv[1]))["data"].items()): print(k +
 fi
 SECRET_DIR=/tmp/cvat-sync-secrets
 printf 'image-check-secret' >"$WORK/webhook-secret"
-RUN_ENV+=("CVAT_SYNC_LISTEN=127.0.0.1:$PORT" "CVAT_SYNC_WEBHOOK_SECRET_FILE=$SECRET_DIR/webhook-secret")
+# The chart passes the CVAT token from the Secret as an optional variable; here it is absent,
+# as with a Secret that has no cvat-token yet (a fresh umbrella install): the receiver must
+# start and say so. CVAT is a closed port on loopback (no name to resolve).
+CLOSED_PORT="$(free_port)"
+RUN_ENV+=("CVAT_SYNC_LISTEN=127.0.0.1:$PORT" "CVAT_SYNC_WEBHOOK_SECRET_FILE=$SECRET_DIR/webhook-secret"
+  "CVAT_SYNC_CVAT_URL=http://127.0.0.1:$CLOSED_PORT")
 # The last assignment of a name wins (env -i A=1 A=2 sets A=2).
 DATA_DIR="$(printf '%s\n' "${RUN_ENV[@]}" | sed -n 's/^CVAT_SYNC_DATA_DIR=//p' | tail -n1)"
 case "$DATA_DIR" in /*) ;; *) die "CVAT_SYNC_DATA_DIR must be absolute for a read-only root FS, is '$DATA_DIR'" ;; esac
@@ -489,9 +496,16 @@ if kill -0 "$RPID" 2>/dev/null; then
   fi
   for path in readyz metrics; do
     c="$(curl -s -o "$WORK/$path.body" -w '%{http_code}' --max-time 5 "http://127.0.0.1:$PORT/$path" 2>/dev/null || true)"
-    info "GET /$path -> ${c:-no answer} (informational)"
+    info "GET /$path -> ${c:-no answer}"
   done
   [ -s "$WORK/metrics.body" ] && info "  $(grep -c '^cvat_sync_' "$WORK/metrics.body" || true) cvat_sync_* samples"
+  # The Secret contract: started without a CVAT token, it reports that instead of failing.
+  if grep -q -i 'no CVAT credentials' "$WORK/readyz.body" 2>/dev/null &&
+    grep -q -E '^cvat_sync_cvat_credentials_ok(\{[^}]*\})? 0$' "$WORK/metrics.body" 2>/dev/null; then
+    pass "without a CVAT token it runs and reports it: /readyz says \"no CVAT credentials\", cvat_sync_cvat_credentials_ok 0"
+  else
+    fail "without a CVAT token /readyz should say \"no CVAT credentials\" and /metrics have cvat_sync_cvat_credentials_ok 0: $(head -c 200 "$WORK/readyz.body" 2>/dev/null | tr '\n' ' ')"
+  fi
   # Graceful stop: SIGTERM must end it well within the pod's grace period.
   t0=$SECONDS
   kill -TERM "$RPID" 2>/dev/null || true

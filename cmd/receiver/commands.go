@@ -89,15 +89,21 @@ func backfill(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	defer env.Close()
-	s := newSinks(env, cfg, reg, log)
-	defer s.stop()
-	exp := newExporter(cv, s, cfg, log)
+	s, err := newStores(env, cfg, reg, log)
+	if err != nil {
+		return err
+	}
+	defer s.outbox.Stop()
+	syncer, err := newSyncer(cv, s, cfg, log)
+	if err != nil {
+		return err
+	}
 
 	progress := progressLines(stdout)
 	if f, ok := stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		progress = progressBar(f)
 	}
-	sum, err := pipeline.Backfill(ctx, exp, pipeline.BackfillOptions{Filter: filter, DryRun: dryRun, Progress: progress})
+	sum, err := pipeline.Backfill(ctx, syncer, pipeline.BackfillOptions{Filter: filter, DryRun: dryRun, Progress: progress})
 	if err != nil {
 		return err
 	}
@@ -157,15 +163,16 @@ func progressBar(w io.Writer) func(done, total int, t cvatapi.Task, outcome stri
 
 // ensureWebhook makes CVAT have the webhook that points at this service.
 func ensureWebhook(ctx context.Context, cv *cvatapi.Client, cfg config.Config) (cvatapi.Webhook, bool, error) {
-	spec, err := webhookSpec(ctx, cv, cfg)
+	spec, err := webhookSpec(cfg)
 	if err != nil {
 		return cvatapi.Webhook{}, false, err
 	}
 	return cv.EnsureWebhook(ctx, spec)
 }
 
-// webhookSpec is the CVAT webhook that points at this service.
-func webhookSpec(ctx context.Context, cv *cvatapi.Client, cfg config.Config) (cvatapi.WebhookSpec, error) {
+// webhookSpec is the CVAT webhook that points at this service; the events
+// are left to cvatapi, which knows what each CVAT release offers.
+func webhookSpec(cfg config.Config) (cvatapi.WebhookSpec, error) {
 	spec := cvatapi.WebhookSpec{
 		TargetURL:   cfg.PublicURL + webhook.Path,
 		Secret:      cfg.WebhookSecrets[0],
@@ -173,37 +180,11 @@ func webhookSpec(ctx context.Context, cv *cvatapi.Client, cfg config.Config) (cv
 		Org:         cfg.WebhookOrg,
 		Description: "cvat-sync: exports annotations to Cloud Storage",
 		EnableSSL:   strings.HasPrefix(cfg.PublicURL, "https://"),
-		Events:      []string{"create:task", "update:task", "delete:task", "update:job", "update:project", "delete:project"},
 	}
 	if spec.ProjectID == 0 && spec.Org == "" {
 		return spec, usageError("webhook: set CVAT_SYNC_WEBHOOK_PROJECT_ID (a project webhook) or CVAT_SYNC_WEBHOOK_ORG / CVAT_SYNC_CVAT_ORG (an organization webhook)")
 	}
-	// Job creation and deletion events exist from CVAT 2.4.2; organization
-	// webhooks also hear about new projects.
-	if a, err := cv.About(ctx); err == nil && !versionBefore(a.Version, 2, 4, 2) {
-		spec.Events = append(spec.Events, "create:job", "delete:job")
-	}
-	if spec.ProjectID == 0 {
-		spec.Events = append(spec.Events, "create:project")
-	}
 	return spec, nil
-}
-
-// versionBefore reports whether CVAT version v ("2.4.0", "2.16.0.dev1") is
-// older than major.minor.patch; unparsable versions are taken as current.
-func versionBefore(v string, major, minor, patch int) bool {
-	parts := strings.SplitN(v, ".", 4)
-	want := []int{major, minor, patch}
-	for i := 0; i < 3 && i < len(parts); i++ {
-		n, err := strconv.Atoi(parts[i])
-		if err != nil {
-			return false
-		}
-		if n != want[i] {
-			return n < want[i]
-		}
-	}
-	return false
 }
 
 // webhookRegister creates or updates the CVAT webhook that points at
@@ -308,4 +289,28 @@ func outboxTail(ctx context.Context, args []string, getenv func(string) string, 
 	}()
 	fmt.Fprintf(os.Stderr, "tailing %s (notices published from now on)\n", env.TopicName(cfg.OutboxTopic))
 	return sink.Tail(ctx, env.PubSub.Subscriber(id), stdout, limit)
+}
+
+// versionWarnings says what a CVAT release cannot do that the operator
+// should know at start.
+func versionWarnings(version string, cfg config.Config) []string {
+	v, ok := cvatapi.ParseVersion(version)
+	if !ok {
+		return nil
+	}
+	var out []string
+	if !v.AtLeast(2, 4, 2) {
+		out = append(out, "this CVAT fires no webhook for annotation saves (only for REST create, update and delete): "+
+			"convergence, every CVAT_SYNC_RECONCILE_INTERVAL ("+cfg.ReconcileInterval.String()+"), is the export engine here")
+		if cfg.ReconcileInterval == 0 {
+			out = append(out, "CVAT_SYNC_RECONCILE_INTERVAL is 0: with this CVAT, annotation saves are never exported; set it (e.g. 10m)")
+		}
+	}
+	if !v.AtLeast(2, 4, 0) {
+		if !cfg.LegacySignature {
+			out = append(out, "CVAT 2.3 signs every delivery over the body plus a newline: set CVAT_SYNC_LEGACY_SIGNATURE=true or every delivery is refused with 401")
+		}
+		out = append(out, "CVAT 2.3 puts a task's labels and segments into its webhook bodies; raise CVAT_SYNC_MAX_BODY_BYTES if deliveries are refused with 413")
+	}
+	return out
 }

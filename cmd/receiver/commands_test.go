@@ -205,7 +205,9 @@ func TestEmbeddedExportTailAndRestart(t *testing.T) {
 
 	env["CVAT_SYNC_RECONCILE_INTERVAL"] = "200ms"
 	s2 := startService(t, env)
-	waitFor(t, 20*time.Second, "a reconcile pass", func() bool { return s2.metric(t, "cvat_sync_reconcile_runs_total", `outcome="ok"`) >= 1 })
+	waitFor(t, 20*time.Second, "a reconcile pass", func() bool {
+		return s2.metric(t, "cvat_sync_reconcile_passes_total", `kind="full"`, `outcome="ok"`) >= 1
+	})
 	if n := s2.metric(t, "cvat_sync_reconcile_enqueued_total"); n != 0 {
 		t.Errorf("after restart the reconciler re-enqueued %v tasks; the bucket should say they are exported", n)
 	}

@@ -88,7 +88,7 @@ func startService(t *testing.T, env map[string]string, args ...string) *service 
 		s.stop(t)
 		if t.Failed() {
 			lines := strings.Split(strings.TrimSpace(s.logs.String()), "\n")
-			t.Logf("last log lines of the service at %s:\n%s", s.addr, strings.Join(lines[max(0, len(lines)-25):], "\n"))
+			t.Logf("last log lines of the service at %s:\n%s", s.addr, strings.Join(lines[max(0, len(lines)-250):], "\n"))
 		}
 	})
 	return s

@@ -3,8 +3,8 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,6 +15,7 @@ import (
 	"github.com/cvat-sync/cvat-sync/internal/inbox"
 	"github.com/cvat-sync/cvat-sync/internal/pipeline"
 	"github.com/cvat-sync/cvat-sync/internal/sink"
+	"github.com/cvat-sync/cvat-sync/internal/task"
 )
 
 // newCVAT builds the CVAT client from the configuration.
@@ -26,156 +27,79 @@ func newCVAT(cfg config.Config, org string, reg prometheus.Registerer, log *slog
 	})
 }
 
-// sinks are the GCS writer and the outbox publisher.
-type sinks struct {
+// stores are the bucket's archives and record and the outbox publisher.
+type stores struct {
 	archives *sink.Archives
+	records  *sink.Records
 	outbox   *sink.Outbox
-	stop     func()
 }
 
-func newSinks(env *cloud.Env, cfg config.Config, reg prometheus.Registerer, log *slog.Logger) sinks {
-	pub := env.PubSub.Publisher(cfg.OutboxTopic)
-	// A publish stuck on an outage gives up well inside the shutdown grace;
-	// the export is retried as a whole.
-	pub.PublishSettings.Timeout = 30 * time.Second
-	return sinks{
-		archives: sink.NewArchives(env.Storage, cfg.GCSBucket, cfg.GCSPrefix, reg, log),
-		outbox:   sink.NewOutbox(pub, reg, log),
-		stop:     pub.Stop,
+func newStores(env *cloud.Env, cfg config.Config, reg prometheus.Registerer, log *slog.Logger) (stores, error) {
+	if err := sink.CheckPrefixes(cfg.GCSPrefix, cfg.GCSStatePrefix); err != nil {
+		return stores{}, &exitError{code: 2, err: fmt.Errorf("CVAT_SYNC_GCS_STATE_PREFIX and CVAT_SYNC_GCS_PREFIX: %w", err)}
 	}
-}
-
-func newExporter(cv *cvatapi.Client, s sinks, cfg config.Config, log *slog.Logger) *pipeline.Exporter {
-	return &pipeline.Exporter{
-		CVAT: cv, Archives: s.archives, Outbox: s.outbox, Formats: cfg.ExportFormats,
-		SaveImages: cfg.SaveImages, Metrics: pipeline.NopMetrics(), Log: log,
-	}
-}
-
-// checkFormats fails start-up when CVAT answers and does not offer a
-// configured format; an unreachable CVAT only warns (the service must start
-// without it, and the exports wait).
-func checkFormats(ctx context.Context, cv *cvatapi.Client, formats []string, log *slog.Logger) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	err := cv.CheckFormats(ctx, formats)
-	if errors.Is(err, cvatapi.ErrUnknownFormat) {
-		return err
-	}
+	a, err := sink.NewArchives(sink.ArchivesConfig{Client: env.Storage, Bucket: cfg.GCSBucket, Prefix: cfg.GCSPrefix, Registerer: reg, Logger: log})
 	if err != nil {
-		log.Warn("CVAT not reachable at start; exports wait for it", "cvat_url", cv.BaseURL(), "error", err.Error())
+		return stores{}, err
 	}
-	return nil
-}
-
-// cvatProbe keeps CVAT's last known reachability for /readyz, refreshed in
-// the background so probes never wait on CVAT.
-type cvatProbe struct {
-	mu  sync.Mutex
-	err error
-}
-
-func (p *cvatProbe) run(ctx context.Context, cv *cvatapi.Client, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := cv.Formats(cctx)
-		cancel()
-		p.mu.Lock()
-		p.err = err
-		p.mu.Unlock()
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	r, err := sink.NewRecords(sink.RecordsConfig{Client: env.Storage, Bucket: cfg.GCSBucket, Prefix: cfg.GCSStatePrefix, Logger: log})
+	if err != nil {
+		return stores{}, err
 	}
+	o, err := sink.NewOutbox(sink.OutboxConfig{Publisher: env.PubSub.Publisher(cfg.OutboxTopic), Registerer: reg, Logger: log})
+	if err != nil {
+		return stores{}, err
+	}
+	return stores{archives: a, records: r, outbox: o}, nil
 }
 
-func (p *cvatProbe) check(context.Context) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.err
+func policy(cfg config.Config) task.Policy { return task.Policy(cfg.Trigger) }
+
+// newSyncer is the syncer of backfill: the service's, without a worker.
+func newSyncer(cv *cvatapi.Client, s stores, cfg config.Config, log *slog.Logger) (*pipeline.Syncer, error) {
+	return pipeline.NewSyncer(pipeline.SyncerConfig{CVAT: cv, Archives: s.archives, Records: s.records, Outbox: s.outbox,
+		Formats: cfg.ExportFormats, SaveImages: cfg.SaveImages, Policy: policy(cfg), Logger: log})
 }
 
-// pipelineHandle is a running worker and reconciler.
-type pipelineHandle struct {
-	// failed receives the worker's error if it stops on its own (the inbox
-	// subscription is gone or not readable); serve then shuts down so that
-	// Kubernetes restarts it instead of accepting work nobody exports.
-	failed <-chan error
-	stop   func(deadline time.Time) error
-}
-
-// startPipeline starts the worker and the reconciler. They run until stop is
-// called, not until ctx ends: on SIGTERM serve first drains its HTTP server,
-// then stops them with the time left of the grace period, which running
-// exports may use.
-func startPipeline(ctx context.Context, env *cloud.Env, cv *cvatapi.Client, queue *inbox.Queue, cfg config.Config,
-	reg prometheus.Registerer, log *slog.Logger) (*pipelineHandle, error) {
-	s := newSinks(env, cfg, reg, log)
-	exp := newExporter(cv, s, cfg, log)
+// startPipeline builds and starts the worker and the converger on the inbox.
+func startPipeline(ctx context.Context, env *cloud.Env, cv *cvatapi.Client, queue *inbox.Queue, s stores, cfg config.Config,
+	pm *pipeline.Metrics, reg prometheus.Registerer, log *slog.Logger) (*pipeline.Pipeline, func(), error) {
 	dlq := inbox.NewDeadLetters(env.PubSub.Publisher(cfg.DeadLetterTopic))
-	var metrics *pipeline.Metrics
-	w, err := pipeline.NewWorker(pipeline.WorkerConfig{
-		Subscriber:  env.PubSub.Subscriber(cfg.InboxSubscription),
-		Exporter:    exp,
-		Queue:       queue,
-		DeadLetters: dlq,
-		Trigger:     cfg.Trigger,
-		Debounce:    cfg.Debounce,
-		MaxWait:     cfg.MaxWait,
-		MaxAttempts: cfg.MaxAttempts,
-		Log:         log.With("component", "worker"),
-	}, func(pending, oldest func() float64) (*pipeline.Metrics, error) {
-		m, err := pipeline.NewMetrics(reg, pending, oldest)
-		metrics = m
-		return m, err
-	})
+	pcfg := pipeline.Config{CVAT: cv, Archives: s.archives, Records: s.records, Outbox: s.outbox, Queue: queue, DeadLetters: dlq,
+		Formats: cfg.ExportFormats, SaveImages: cfg.SaveImages, Policy: policy(cfg),
+		Debounce: cfg.Debounce, MaxWait: cfg.MaxWait, MaxAttempts: cfg.MaxAttempts,
+		ReconcileInterval: cfg.ReconcileInterval, FullReconcileInterval: cfg.FullReconcileInterval,
+		Since: cfg.SyncSince, MaxDeleteFraction: cfg.MaxDeleteFraction, Metrics: pm, Registerer: reg, Logger: log}
+	recv, err := inbox.NewReceiver(inbox.ReceiverConfig{Subscriber: env.PubSub.Subscriber(cfg.InboxSubscription),
+		DeadLetters: dlq, Hold: pipeline.LeaseHold(pcfg), Logger: log.With("component", "inbox")})
 	if err != nil {
-		s.stop()
 		dlq.Stop()
-		return nil, err
+		return nil, nil, err
 	}
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	var deadline time.Time
-	var mu sync.Mutex
-	done := make(chan error, 1)
-	failed := make(chan error, 1)
-	go func() {
-		err := w.Run(runCtx, func() (context.Context, context.CancelFunc) {
-			mu.Lock()
-			defer mu.Unlock()
-			if deadline.IsZero() { // stopped on its own: no grace to wait for
-				return context.WithCancel(runCtx)
-			}
-			return context.WithDeadline(context.WithoutCancel(runCtx), deadline)
-		})
-		if runCtx.Err() == nil {
-			if err == nil {
-				err = errors.New("worker stopped")
-			}
-			log.Error("worker stopped on its own; shutting down", "error", err.Error())
-			failed <- err
-		}
-		done <- err
-	}()
-	rec := &pipeline.Reconciler{Exporter: exp, Queue: queue, Interval: cfg.ReconcileInterval, Metrics: metrics,
-		Log: log.With("component", "reconciler"), OnlyCompleted: cfg.Trigger == pipeline.TriggerCompleted}
-	var recWG sync.WaitGroup
-	recWG.Add(1)
-	go func() { defer recWG.Done(); rec.Run(runCtx) }()
-
-	return &pipelineHandle{failed: failed, stop: func(d time.Time) error {
-		mu.Lock()
-		deadline = d
-		mu.Unlock()
-		cancel()
-		err := <-done
-		recWG.Wait()
-		s.stop()
+	pcfg.Inbox = recv
+	p, err := pipeline.New(pcfg)
+	if err != nil {
 		dlq.Stop()
-		return err
-	}}, nil
+		return nil, nil, err
+	}
+	p.Start(ctx)
+	return p, dlq.Stop, nil
 }
+
+// cvatProbe checks CVAT for the health monitor: reachable, and accepting
+// the credentials. It reports what to fix, never the credentials.
+func cvatProbe(cv *cvatapi.Client, cfg config.Config) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		if cv == nil {
+			return errors.New("CVAT_SYNC_CVAT_URL is not set: webhooks are stored, nothing is exported")
+		}
+		if cfg.CVATToken == "" && cfg.CVATUsername == "" {
+			return errors.New("no CVAT credentials: set CVAT_SYNC_CVAT_TOKEN (or _FILE), or CVAT_SYNC_CVAT_USERNAME and CVAT_SYNC_CVAT_PASSWORD")
+		}
+		// CheckAuth's error names the setting and the scheme CVAT refused.
+		return cv.CheckAuth(ctx)
+	}
+}
+
+// startupTimeout bounds the checks that wait for a dependency at start.
+const startupTimeout = 10 * time.Second

@@ -17,7 +17,12 @@ import (
 
 	"github.com/cvat-sync/cvat-sync/internal/cloud"
 	"github.com/cvat-sync/cvat-sync/internal/config"
+	"github.com/cvat-sync/cvat-sync/internal/cvatapi"
+	"github.com/cvat-sync/cvat-sync/internal/health"
 	"github.com/cvat-sync/cvat-sync/internal/inbox"
+	"github.com/cvat-sync/cvat-sync/internal/metrics"
+	"github.com/cvat-sync/cvat-sync/internal/pipeline"
+	"github.com/cvat-sync/cvat-sync/internal/redeliver"
 	"github.com/cvat-sync/cvat-sync/internal/signature"
 	"github.com/cvat-sync/cvat-sync/internal/webhook"
 )
@@ -47,17 +52,19 @@ func openCloud(ctx context.Context, cfg config.Config, getenv func(string) strin
 	if err != nil {
 		return nil, err
 	}
+	sub, err := inbox.Subscription(cfg.DeadLetterTopic, cfg.MaxAttempts)
+	if err != nil {
+		env.Close()
+		return nil, err
+	}
 	steps := []func() error{
 		func() error { return env.EnsureTopic(ctx, cfg.InboxTopic) },
 		func() error { return env.EnsureTopic(ctx, cfg.DeadLetterTopic) },
 		func() error { return env.EnsureTopic(ctx, cfg.OutboxTopic) },
 		func() error {
 			return env.EnsureSubscription(ctx, cfg.InboxSubscription, cfg.InboxTopic, cloud.SubscriptionOptions{
-				AckDeadline: 20 * time.Second, Ordering: true, DeadLetterTopic: cfg.DeadLetterTopic,
-				// Pub/Sub's own dead-lettering is the backstop for messages that
-				// crash replicas; shutdown nacks spend deliveries too, so it
-				// allows more than the worker's in-process attempts.
-				MaxAttempts: min(max(4*cfg.MaxAttempts, 20), 100), MinBackoff: 10 * time.Second, MaxBackoff: 10 * time.Minute,
+				AckDeadline: sub.AckDeadline, Ordering: sub.Ordering, DeadLetterTopic: sub.DeadLetterTopic,
+				MaxAttempts: sub.MaxDeliveryAttempts, MinBackoff: sub.MinBackoff, MaxBackoff: sub.MaxBackoff,
 			})
 		},
 		func() error { return env.EnsureBucket(ctx, cfg.GCSBucket) },
@@ -97,57 +104,56 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	defer env.Close()
-
-	// The inbox publisher gives up before the webhook handler does, so a
-	// failed publish has resumed its ordering key by the time the handler
-	// answers 503, and CVAT's retry is not refused as "paused".
-	queue := inbox.NewQueue(env.PubSub.Publisher(cfg.InboxTopic), 6*time.Second)
+	queue := inbox.NewQueue(env.PubSub.Publisher(cfg.InboxTopic), inbox.PublishTimeout)
 	defer queue.Stop()
-	checks := []webhook.Check{
-		{Name: "pubsub", Required: true, Run: func(ctx context.Context) error {
-			return env.CheckPubSub(ctx, cfg.InboxTopic)
-		}},
-		{Name: "gcs", Required: true, Run: func(ctx context.Context) error {
-			return env.CheckStorage(ctx, cfg.GCSBucket)
-		}},
+
+	var cv *cvatapi.Client
+	if cfg.CVATURL != "" {
+		if cv, err = newCVAT(cfg, cfg.CVATOrg, reg, log.With("component", "cvat")); err != nil {
+			return err
+		}
+		defer cv.Close()
 	}
+	credsOK, err := metrics.Register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "cvat_sync_cvat_credentials_ok",
+		Help: "1 if CVAT accepted the configured credentials at the last probe; 0 when it refused them, none are configured, or CVAT did not answer.",
+	}))
+	if err != nil {
+		return err
+	}
+	checkCVAT := cvatProbe(cv, cfg)
+	mon, err := health.New(health.Config{Registerer: reg, Logger: log.With("component", "health"), Probes: []health.Probe{
+		{Name: "pubsub", Required: true, Check: func(ctx context.Context) error { return env.CheckPubSub(ctx, cfg.InboxTopic) }},
+		{Name: "gcs", Required: true, Check: func(ctx context.Context) error { return env.CheckStorage(ctx, cfg.GCSBucket) }},
+		{Name: "cvat", Check: func(ctx context.Context) error {
+			err := checkCVAT(ctx)
+			credsOK.Set(map[bool]float64{true: 1, false: 0}[err == nil])
+			return err
+		}},
+	}})
+	if err != nil {
+		return err
+	}
+	// The pipeline's and the redeliverer's series exist from the start,
+	// whatever runs, so alerts and panels see 0 rather than nothing.
+	pm, err := pipeline.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	pm.InitFormats(cfg.ExportFormats)
+	if _, err := redeliver.RegisterMetrics(reg); err != nil {
+		return err
+	}
+	var checks []webhook.Check
+	for _, name := range []string{"pubsub", "gcs", "cvat"} {
+		checks = append(checks, webhook.Check{Name: name, Required: name != "cvat", Run: mon.Check(name)})
+	}
+
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("CVAT_SYNC_LISTEN %s: %w", cfg.Listen, err)
 	}
 	defer ln.Close()
-
-	// The pipeline needs CVAT; without a CVAT URL the service still stores
-	// every event in the inbox, for a later run to export.
-	var pipe *pipelineHandle
-	if cfg.CVATURL == "" {
-		log.Warn("CVAT_SYNC_CVAT_URL is not set: webhooks are stored in the inbox but nothing is exported")
-	} else {
-		cv, err := newCVAT(cfg, cfg.CVATOrg, reg, log.With("component", "cvat"))
-		if err != nil {
-			return err
-		}
-		defer cv.Close()
-		if err := checkFormats(ctx, cv, cfg.ExportFormats, log); err != nil {
-			return err
-		}
-		probe := &cvatProbe{err: errors.New("not checked yet")}
-		var bg sync.WaitGroup
-		bgCtx, stopBG := context.WithCancel(ctx)
-		defer func() { stopBG(); bg.Wait() }()
-		bg.Add(1)
-		go func() { defer bg.Done(); probe.run(bgCtx, cv, 30*time.Second) }()
-		checks = append(checks, webhook.Check{Name: "cvat", Required: false, Run: probe.check})
-		if pipe, err = startPipeline(ctx, env, cv, queue, cfg, reg, log); err != nil {
-			return err
-		}
-	}
-	var pipeFailed <-chan error
-	stopPipe := func(deadline time.Time) error { return nil }
-	if pipe != nil {
-		pipeFailed, stopPipe = pipe.failed, pipe.stop
-	}
-
 	srv, err := webhook.New(webhook.Config{
 		Verifier:     verifier,
 		MaxBodyBytes: cfg.MaxBodyBytes,
@@ -158,8 +164,51 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		Checks:       checks,
 	})
 	if err != nil {
-		return errors.Join(err, stopPipe(time.Now().Add(cfg.ShutdownGrace)))
+		return err
 	}
+
+	var bg sync.WaitGroup
+	bgCtx, stopBG := context.WithCancel(ctx)
+	defer func() { stopBG(); bg.Wait() }()
+	bg.Add(1)
+	go func() { defer bg.Done(); mon.Run(bgCtx) }()
+
+	// The pipeline needs CVAT and credentials. Without them the service
+	// still stores every event in the inbox; convergence exports what is
+	// behind once they are configured.
+	var pipe *pipeline.Pipeline
+	fatal := make(chan error, 1)
+	switch {
+	case cv == nil:
+		log.Warn("CVAT_SYNC_CVAT_URL is not set: webhooks are stored in the inbox, nothing is exported")
+	case cfg.CVATToken == "" && cfg.CVATUsername == "":
+		log.Warn("no CVAT credentials (CVAT_SYNC_CVAT_TOKEN, or CVAT_SYNC_CVAT_USERNAME and _PASSWORD): webhooks are stored, nothing is exported until they are set")
+	default:
+		s, err := newStores(env, cfg, reg, log)
+		if err != nil {
+			return err
+		}
+		defer s.outbox.Stop()
+		p, stopDLQ, err := startPipeline(ctx, env, cv, queue, s, cfg, pm, reg, log)
+		if err != nil {
+			return err
+		}
+		defer stopDLQ()
+		pipe = p
+		bg.Add(1)
+		go func() { defer bg.Done(); startupChecks(bgCtx, cv, cfg, log, fatal) }()
+		if rd, err := newRedeliverer(cfg, reg, log); err != nil {
+			return err
+		} else if rd != nil {
+			bg.Add(1)
+			go func() { defer bg.Done(); _ = rd.Run(bgCtx) }()
+		}
+	}
+	var pipeFailed <-chan error
+	if pipe != nil {
+		pipeFailed = pipe.Failed()
+	}
+
 	hs := srv.HTTPServer()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
@@ -173,6 +222,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		serveErr <- nil
 	case err := <-pipeFailed:
 		shutdownErr = fmt.Errorf("pipeline: %w", err)
+		log.Error("the pipeline stopped on its own; shutting down", "error", err.Error())
+	case err := <-fatal:
+		shutdownErr = err
 	case <-ctx.Done():
 	}
 
@@ -182,17 +234,79 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	defer cancel()
 	srv.Drain()
 	// Stop taking webhooks first (in-flight ones finish and are stored), then
-	// the worker: pending work is nacked for another replica, running exports
+	// the pipeline: held work is nacked for another replica, running exports
 	// get what is left of the grace period.
 	shutdownErr = errors.Join(shutdownErr, hs.Shutdown(graceCtx))
 	if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		shutdownErr = errors.Join(shutdownErr, err)
 	}
-	shutdownErr = errors.Join(shutdownErr, stopPipe(deadline.Add(-time.Second)))
+	if pipe != nil {
+		pctx, pcancel := context.WithDeadline(context.WithoutCancel(ctx), deadline.Add(-time.Second))
+		shutdownErr = errors.Join(shutdownErr, pipe.Stop(pctx))
+		pcancel()
+	}
 	if shutdownErr != nil {
 		log.Error("shutdown incomplete", "error", shutdownErr.Error())
 		return shutdownErr
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// newRedeliverer builds the reader of CVAT's delivery log of the webhook
+// this service registers (nil when there is none to read: no public URL or
+// no webhook scope, or CVAT_SYNC_REDELIVER=false).
+func newRedeliverer(cfg config.Config, reg prometheus.Registerer, log *slog.Logger) (*redeliver.Redeliverer, error) {
+	if !cfg.Redeliver || cfg.PublicURL == "" {
+		return nil, nil
+	}
+	spec, err := webhookSpec(cfg)
+	if err != nil {
+		log.Info("CVAT's delivery log is not read: no webhook scope (CVAT_SYNC_WEBHOOK_PROJECT_ID or CVAT_SYNC_WEBHOOK_ORG)")
+		return nil, nil
+	}
+	// CVAT shows an organization's webhooks only in its context.
+	cv, err := newCVAT(cfg, cfg.WebhookOrg, reg, log.With("component", "redeliver"))
+	if err != nil {
+		return nil, err
+	}
+	return redeliver.New(redeliver.Config{CVAT: cv, Webhook: spec, Registerer: reg, Logger: log.With("component", "redeliver")})
+}
+
+// startupChecks waits (in the background: the listener is already open) for
+// CVAT to answer, then checks what only a live CVAT can tell: the export
+// formats (an unknown one stops the service: fatal gets the error) and what
+// this CVAT release cannot do.
+func startupChecks(ctx context.Context, cv *cvatapi.Client, cfg config.Config, log *slog.Logger, fatal chan<- error) {
+	for wait := time.Second; ; wait = min(2*wait, time.Minute) {
+		cctx, cancel := context.WithTimeout(ctx, startupTimeout)
+		err := cv.CheckFormats(cctx, cfg.ExportFormats)
+		cancel()
+		if errors.Is(err, cvatapi.ErrUnknownFormat) {
+			fatal <- &exitError{code: 2, err: fmt.Errorf("CVAT_SYNC_EXPORT_FORMATS: %w", err)}
+			return
+		}
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn("CVAT not usable yet; exports wait for it", "cvat_url", cv.BaseURL(), "error", err.Error(), "retry_in", wait.String())
+		if t := time.NewTimer(wait); true {
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+	}
+	a, err := cv.About(ctx)
+	if err != nil {
+		return
+	}
+	for _, w := range versionWarnings(a.Version, cfg) {
+		log.Warn(w, "cvat_version", a.Version)
+	}
 }

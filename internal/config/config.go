@@ -41,13 +41,18 @@ type Config struct {
 	DeadLetterTopic   string
 	MaxAttempts       int
 
-	ExportFormats     []string
-	SaveImages        bool
-	Trigger           string // "update" or "completed"
-	Debounce          time.Duration
-	MaxWait           time.Duration
-	ReconcileInterval time.Duration
-	ShutdownGrace     time.Duration
+	ExportFormats         []string
+	SaveImages            bool
+	Trigger               string // "update" or "completed"
+	Debounce              time.Duration
+	MaxWait               time.Duration
+	ReconcileInterval     time.Duration
+	FullReconcileInterval time.Duration
+	SyncSince             string
+	MaxDeleteFraction     float64
+	GCSStatePrefix        string
+	Redeliver             bool
+	ShutdownGrace         time.Duration
 
 	DataDir  string
 	LogLevel slog.Level
@@ -94,9 +99,9 @@ func Settings() []Setting {
 			return nil
 		}},
 		{"cvat-token", "CVAT_SYNC_CVAT_TOKEN", "", "CVAT access token", true, func(c *Config, v string) error { c.CVATToken = v; return nil }},
-		{"cvat-auth", "CVAT_SYNC_CVAT_AUTH", "bearer", "how the token is sent: bearer (personal access token, CVAT 2.48+) or token (legacy key)", false, func(c *Config, v string) error {
+		{"cvat-auth", "CVAT_SYNC_CVAT_AUTH", "auto", "how the token is sent: auto (Bearer on CVAT 2.48+, Token before), bearer (personal access token) or token (legacy key)", false, func(c *Config, v string) error {
 			c.CVATAuth = strings.ToLower(v)
-			return oneOf(c.CVATAuth, "bearer", "token")
+			return oneOf(c.CVATAuth, "auto", "bearer", "token")
 		}},
 		{"cvat-username", "CVAT_SYNC_CVAT_USERNAME", "", "CVAT user for Basic auth (instead of a token)", false, func(c *Config, v string) error { c.CVATUsername = v; return nil }},
 		{"cvat-password", "CVAT_SYNC_CVAT_PASSWORD", "", "CVAT password for Basic auth", true, func(c *Config, v string) error { c.CVATPassword = v; return nil }},
@@ -104,6 +109,10 @@ func Settings() []Setting {
 		{"gcp-project", "CVAT_SYNC_GCP_PROJECT", "", "GCP project of the topics (default $GOOGLE_CLOUD_PROJECT)", false, func(c *Config, v string) error { c.GCPProject = v; return nil }},
 		{"gcs-bucket", "CVAT_SYNC_GCS_BUCKET", "cvat-sync", "bucket the archives go to", false, func(c *Config, v string) error { c.GCSBucket = v; return bucketName(v) }},
 		{"gcs-prefix", "CVAT_SYNC_GCS_PREFIX", "", "object name prefix in the bucket", false, func(c *Config, v string) error { c.GCSPrefix = strings.Trim(v, "/"); return nil }},
+		{"gcs-state-prefix", "CVAT_SYNC_GCS_STATE_PREFIX", "_cvat-sync", "where the record of what was exported lives in the bucket (outside the archive prefix)", false, func(c *Config, v string) error {
+			c.GCSStatePrefix = strings.Trim(v, "/")
+			return nonEmpty(c.GCSStatePrefix)
+		}},
 		{"outbox-topic", "CVAT_SYNC_OUTBOX_TOPIC", "cvat-sync-exports", "topic of the export notices", false, func(c *Config, v string) error { c.OutboxTopic = v; return resourceID(v) }},
 		{"inbox-topic", "CVAT_SYNC_INBOX_TOPIC", "cvat-sync-inbox", "topic of the work queue", false, func(c *Config, v string) error { c.InboxTopic = v; return resourceID(v) }},
 		{"inbox-subscription", "CVAT_SYNC_INBOX_SUBSCRIPTION", "cvat-sync-inbox", "subscription of the work queue", false, func(c *Config, v string) error { c.InboxSubscription = v; return resourceID(v) }},
@@ -130,7 +139,31 @@ func Settings() []Setting {
 		}},
 		{"debounce", "CVAT_SYNC_DEBOUNCE", "30s", "export once a task has been quiet this long", false, durationInto(func(c *Config) *time.Duration { return &c.Debounce }, 0)},
 		{"max-wait", "CVAT_SYNC_MAX_WAIT", "10m", "export at the latest this long after a task's first pending event", false, durationInto(func(c *Config) *time.Duration { return &c.MaxWait }, 0)},
-		{"reconcile-interval", "CVAT_SYNC_RECONCILE_INTERVAL", "10m", "how often to scan CVAT for tasks changed without a webhook (0 = off)", false, durationInto(func(c *Config) *time.Duration { return &c.ReconcileInterval }, 0)},
+		{"reconcile-interval", "CVAT_SYNC_RECONCILE_INTERVAL", "10m", "how often convergence compares CVAT's tasks with the bucket's record (0 = off: webhooks only)", false, durationInto(func(c *Config) *time.Duration { return &c.ReconcileInterval }, 0)},
+		{"full-reconcile-interval", "CVAT_SYNC_FULL_RECONCILE_INTERVAL", "1h", "how often a convergence pass lists every task (finding deletions); the passes between list only what changed", false, durationInto(func(c *Config) *time.Duration { return &c.FullReconcileInterval }, time.Minute)},
+		{"sync-since", "CVAT_SYNC_SYNC_SINCE", "first-start", "which tasks convergence exports unasked: first-start (changed since the service first started), all, an RFC 3339 time, or a duration before now (720h); backfill exports older ones", false, func(c *Config, v string) error {
+			c.SyncSince = v
+			switch v {
+			case "first-start", "all":
+				return nil
+			}
+			if _, err := time.Parse(time.RFC3339, v); err == nil {
+				return nil
+			}
+			if d, err := time.ParseDuration(v); err == nil && d > 0 {
+				return nil
+			}
+			return errors.New(`must be first-start, all, an RFC 3339 time (2026-05-01T00:00:00Z) or a duration before now (720h)`)
+		}},
+		{"max-delete-fraction", "CVAT_SYNC_MAX_DELETE_FRACTION", "0.5", "a full pass that finds more than this share of the recorded tasks gone (and more than 10) announces none of them and alerts; 1 lifts the guard", false, func(c *Config, v string) error {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || f <= 0 || f > 1 {
+				return errors.New("must be a number above 0 and at most 1")
+			}
+			c.MaxDeleteFraction = f
+			return nil
+		}},
+		{"redeliver", "CVAT_SYNC_REDELIVER", "true", "read CVAT's delivery log of the registered webhook and redeliver failed deliveries", false, boolInto(func(c *Config) *bool { return &c.Redeliver })},
 		{"shutdown-grace", "CVAT_SYNC_SHUTDOWN_GRACE", "25s", "how long SIGTERM may take to drain", false, durationInto(func(c *Config) *time.Duration { return &c.ShutdownGrace }, time.Second)},
 		{"data-dir", "CVAT_SYNC_DATA_DIR", "./cvat-sync-data", "storage of the embedded default", false, func(c *Config, v string) error { c.DataDir = v; return nonEmpty(v) }},
 		{"log-level", "CVAT_SYNC_LOG_LEVEL", "info", "debug, info, warn or error", false, func(c *Config, v string) error {

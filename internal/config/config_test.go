@@ -28,11 +28,12 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		Listen: ":8080", WebhookSecrets: []string{"s3cret-value"}, MaxBodyBytes: 1 << 20, CVATAuth: "bearer",
+		Listen: ":8080", WebhookSecrets: []string{"s3cret-value"}, MaxBodyBytes: 1 << 20, CVATAuth: "auto",
 		GCSBucket: "cvat-sync", OutboxTopic: "cvat-sync-exports", InboxTopic: "cvat-sync-inbox",
 		InboxSubscription: "cvat-sync-inbox", DeadLetterTopic: "cvat-sync-inbox-dead", MaxAttempts: 5,
 		ExportFormats: []string{"CVAT for images 1.1"}, Trigger: "update", Debounce: 30 * time.Second,
 		MaxWait: 10 * time.Minute, ReconcileInterval: 10 * time.Minute, ShutdownGrace: 25 * time.Second,
+		FullReconcileInterval: time.Hour, SyncSince: "first-start", MaxDeleteFraction: 0.5, GCSStatePrefix: "_cvat-sync", Redeliver: true,
 		DataDir: "./cvat-sync-data", LogLevel: slog.LevelInfo,
 	}
 	if diff := cmp.Diff(want, c); diff != "" {

@@ -3,12 +3,19 @@
 // (request-queue API from CVAT 2.16, legacy polling API before), and webhook
 // management. It is the only package that imports resty.
 //
-// Credentials only ever go to the configured base URL's origin: absolute URLs
-// CVAT hands back (result_url, pagination links) are checked before use, and
+// It adapts to the server's release (read from /api/server/about, cached for
+// Config.VersionTTL and re-read when an export endpoint shows the server
+// changed): the export API and its quirks, and, with AuthScheme "auto", how a
+// token is sent.
+//
+// Credentials only ever go to the configured base URL's origin: the absolute
+// URLs CVAT hands back (result_url, pagination links), which it builds from
+// its proxies' headers, are used for their path and query only, and
 // redirects to another origin are refused.
 package cvatapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -18,6 +25,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/http/cookiejar"
 	"net/url"
 	"slices"
 	"strconv"
@@ -42,39 +50,47 @@ const maxJSONBody = 64 << 20
 type Config struct {
 	BaseURL    string // configured CVAT origin, e.g. http://cvat-backend:8080; the only host credentials go to
 	Token      string // personal access token or legacy key
-	AuthScheme string // "bearer" (default) or "token" (legacy "Token <key>")
+	AuthScheme string // how Token is sent: "auto" (default; "Bearer" from CVAT 2.48, "Token" before, by the server's version), "bearer" or "token" (legacy "Token <key>")
 	Username   string // Basic auth instead of a token
 	Password   string
 	Org        string // organization slug, sent as X-Organization
 	UserAgent  string // default "cvat-sync"
 
 	RequestTimeout  time.Duration // per HTTP attempt until the answer's headers (and, for JSON, its body); default 30s. Downloads then time out only when idle this long.
-	MaxRetries      int           // retries after the first attempt for 5xx, 429 and network errors; default 4, negative means none
+	MaxRetries      int           // retries after the first attempt for 5xx, 429, network errors and answers that are not CVAT's; default 4, negative means none
 	RetryWaitMin    time.Duration // first backoff; default 500ms
 	RetryWaitMax    time.Duration // backoff cap; default 30s
 	RetryAfterMax   time.Duration // longest Retry-After honoured; default 5m
 	PollInterval    time.Duration // first wait between export status polls; default 1s
 	PollMaxInterval time.Duration // poll backoff cap; default 15s
-	ExportTimeout   time.Duration // longest wait for CVAT to prepare one export; default 1h
+	ExportTimeout   time.Duration // longest wait for CVAT to prepare one export (restarts included); default 1h
+	VersionTTL      time.Duration // how long the server's version (About) is trusted; default 5m
 
-	HTTPClient *http.Client          // optional; its Transport is used (copied, never modified)
+	HTTPClient *http.Client          // optional; its Transport (and Jar, if set) are used (copied, never modified)
 	Registerer prometheus.Registerer // cvat_sync_cvat_requests_total and the duration histogram; nil means no metrics
 	Logger     *slog.Logger          // nil discards
 }
 
 // Client talks to one CVAT server. It is safe for concurrent use.
 type Client struct {
-	cfg     Config
-	base    *url.URL
-	rc      *resty.Client
-	auth    string // Authorization header value; never logged
-	log     *slog.Logger
-	m       *metrics
+	cfg    Config
+	base   *url.URL
+	rc     *resty.Client
+	scheme string // "auto", "bearer" or "token" (with a Token); "basic"; "" without credentials
+	log    *slog.Logger
+	m      *metrics
+
 	aboutMu sync.Mutex
-	about   *About
+	about   *aboutCache
 }
 
 // New validates cfg and builds a Client. It makes no request.
+//
+// The client keeps a cookie jar (unless Config.HTTPClient brings its own):
+// CVAT 2.3-2.16 log every Token-authenticated request without a session in,
+// and without the cookie each request would add a session to the server's
+// table. Requests still carry their Authorization header, which CVAT checks
+// before the session, so the session's CSRF rule never applies to them.
 func New(cfg Config) (*Client, error) {
 	if cfg.BaseURL == "" {
 		return nil, errors.New("cvatapi: BaseURL is required")
@@ -86,16 +102,25 @@ func New(cfg Config) (*Client, error) {
 	if base.RawQuery != "" || base.Fragment != "" {
 		return nil, fmt.Errorf("cvatapi: BaseURL %q must not have a query or fragment", cfg.BaseURL)
 	}
-	switch strings.ToLower(cfg.AuthScheme) {
-	case "", "bearer", "token":
+	scheme := strings.ToLower(cfg.AuthScheme)
+	switch scheme {
+	case "":
+		scheme = "auto"
+	case "auto", "bearer", "token":
 	default:
-		return nil, fmt.Errorf("cvatapi: AuthScheme %q: want bearer or token", cfg.AuthScheme)
+		return nil, fmt.Errorf("cvatapi: AuthScheme %q: want auto, bearer or token", cfg.AuthScheme)
 	}
 	if cfg.Token != "" && (cfg.Username != "" || cfg.Password != "") {
 		return nil, errors.New("cvatapi: set either Token or Username/Password, not both")
 	}
 	if (cfg.Username == "") != (cfg.Password == "") {
 		return nil, errors.New("cvatapi: Basic auth needs both Username and Password")
+	}
+	switch {
+	case cfg.Token == "" && cfg.Username != "":
+		scheme = "basic"
+	case cfg.Token == "":
+		scheme = ""
 	}
 	setDefaults(&cfg)
 
@@ -105,6 +130,9 @@ func New(cfg Config) (*Client, error) {
 		hc = &cp
 	}
 	hc.Timeout = 0 // per-attempt contexts bound requests; a client-wide timeout would cut long downloads
+	if hc.Jar == nil {
+		hc.Jar, _ = cookiejar.New(nil) // never fails without options
+	}
 	rc := resty.NewWithClient(hc).
 		SetBaseURL(base.String()).
 		SetHeader("Accept", MediaType).
@@ -121,18 +149,8 @@ func New(cfg Config) (*Client, error) {
 			return nil
 		}))
 	// Credentials are set per request (see attempt), not on the resty
-	// client, so that the open /api/server/about goes without them.
-	var auth string
-	switch {
-	case cfg.Token != "":
-		scheme := "Bearer"
-		if strings.EqualFold(cfg.AuthScheme, "token") {
-			scheme = "Token"
-		}
-		auth = scheme + " " + cfg.Token
-	case cfg.Username != "":
-		auth = "Basic " + base64.StdEncoding.EncodeToString([]byte(cfg.Username+":"+cfg.Password))
-	}
+	// client, so that the open /api/server/about goes without them and the
+	// token's scheme can follow the server's version.
 	if cfg.Org != "" {
 		rc.SetHeader("X-Organization", cfg.Org)
 	}
@@ -144,7 +162,7 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{cfg: cfg, base: base, rc: rc, auth: auth, log: log, m: m}, nil
+	return &Client{cfg: cfg, base: base, rc: rc, scheme: scheme, log: log, m: m}, nil
 }
 
 func setDefaults(cfg *Config) {
@@ -160,6 +178,7 @@ func setDefaults(cfg *Config) {
 	def(&cfg.PollInterval, time.Second)
 	def(&cfg.PollMaxInterval, 15*time.Second)
 	def(&cfg.ExportTimeout, time.Hour)
+	def(&cfg.VersionTTL, 5*time.Minute)
 	if cfg.RetryWaitMax < cfg.RetryWaitMin {
 		cfg.RetryWaitMax = cfg.RetryWaitMin
 	}
@@ -212,14 +231,27 @@ func (k call) String() string {
 // consumed. With stream set the per-attempt timeout stops applying once the
 // headers are in; an idle watchdog takes over (see idleBody).
 func (c *Client) do(ctx context.Context, k call, stream bool) (*http.Response, context.CancelFunc, error) {
+	var auth, cred string
+	if !k.noAuth {
+		var err error
+		if auth, cred, err = c.authorization(ctx); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", k, err)
+		}
+	}
 	for attempt := 0; ; attempt++ {
-		resp, cancel, err := c.attempt(ctx, k, stream)
+		resp, cancel, err := c.attempt(ctx, k, auth, stream)
 		if err == nil && (resp.StatusCode < 300 || slices.Contains(k.accept, resp.StatusCode)) {
 			return resp, cancel, nil
 		}
 		var retryAfter time.Duration
 		if err == nil {
-			err = statusError(k, resp)
+			se := statusError(k, resp)
+			if se.Code == http.StatusUnauthorized && !k.noAuth {
+				// Not for the open calls: About runs under aboutMu, which
+				// authHint's version lookup takes.
+				se.Credential, se.Hint = cred, c.authHint(ctx)
+			}
+			err = se
 			retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 			cancel()
 		}
@@ -240,7 +272,57 @@ func (c *Client) do(ctx context.Context, k call, stream bool) (*http.Response, c
 	}
 }
 
-func (c *Client) attempt(ctx context.Context, k call, stream bool) (*http.Response, context.CancelFunc, error) {
+// authorization is the Authorization header for an authenticated call and
+// a description of it for errors (the setting and the scheme, never the
+// credential). AuthScheme "auto" sends a token as "Bearer" from CVAT 2.48
+// (personal access tokens) and as "Token" before, where a Bearer header
+// would make the request anonymous.
+func (c *Client) authorization(ctx context.Context) (header, desc string, err error) {
+	switch c.scheme {
+	case "":
+		return "", "no credentials configured (Config.Token, or Config.Username and Config.Password)", nil
+	case "basic":
+		return "Basic " + base64.StdEncoding.EncodeToString([]byte(c.cfg.Username+":"+c.cfg.Password)),
+			`Config.Username/Password sent as "Basic"`, nil
+	case "bearer":
+		return "Bearer " + c.cfg.Token, `Config.Token sent as "Bearer" (AuthScheme bearer)`, nil
+	case "token":
+		return "Token " + c.cfg.Token, `Config.Token sent as "Token" (AuthScheme token)`, nil
+	}
+	v, err := c.Version(ctx)
+	var ue *unparsableVersionError
+	switch {
+	case errors.As(err, &ue):
+		return "Bearer " + c.cfg.Token, `Config.Token sent as "Bearer" (AuthScheme auto, unparsable CVAT version)`, nil
+	case err != nil:
+		return "", "", fmt.Errorf("choose how to send the token: %w", err)
+	case v.AtLeast(2, 48, 0):
+		return "Bearer " + c.cfg.Token, `Config.Token sent as "Bearer" (AuthScheme auto, CVAT ` + v.String() + ")", nil
+	}
+	return "Token " + c.cfg.Token, `Config.Token sent as "Token" (AuthScheme auto, CVAT ` + v.String() + ")", nil
+}
+
+// authHint says what probably fixes a 401. It reads the server's version
+// (the open About, usually cached) to tell a scheme the release does not
+// take from a wrong credential.
+func (c *Client) authHint(ctx context.Context) string {
+	if c.scheme == "" {
+		return "configure a token or a username and password"
+	}
+	v, err := c.Version(ctx)
+	switch {
+	case err != nil:
+	case c.scheme == "bearer" && !v.AtLeast(2, 48, 0):
+		return "CVAT " + v.String() + " has no personal access tokens (2.48+): use AuthScheme token or auto with a legacy key"
+	case c.scheme == "token" && v.AtLeast(2, 48, 0):
+		return "a personal access token is sent as Bearer: use AuthScheme bearer or auto (Token is for legacy keys)"
+	case c.scheme == "auto" && v.AtLeast(2, 48, 0):
+		return "check the token; a legacy key (not a personal access token) needs AuthScheme token"
+	}
+	return "check the credential"
+}
+
+func (c *Client) attempt(ctx context.Context, k call, auth string, stream bool) (*http.Response, context.CancelFunc, error) {
 	actx, cancel := context.WithCancel(ctx)
 	timer := time.AfterFunc(c.cfg.RequestTimeout, cancel)
 	stopTimer := func() bool { return timer.Stop() }
@@ -251,8 +333,8 @@ func (c *Client) attempt(ctx context.Context, k call, stream bool) (*http.Respon
 	for h, v := range k.header {
 		req.SetHeader(h, v)
 	}
-	if !k.noAuth && c.auth != "" {
-		req.SetHeader("Authorization", c.auth)
+	if auth != "" {
+		req.SetHeader("Authorization", auth)
 	}
 	if k.body != nil {
 		b, err := json.Marshal(k.body)
@@ -306,36 +388,60 @@ func (c *Client) attempt(ctx context.Context, k call, stream bool) (*http.Respon
 	if len(body) > maxJSONBody {
 		return nil, nil, fmt.Errorf("%s: answer larger than %d bytes", k, maxJSONBody)
 	}
-	resp.Body = io.NopCloser(strings.NewReader(string(body)))
+	resp.Body = io.NopCloser(bytes.NewReader(body))
 	return resp, func() {}, nil
 }
 
-// doJSON runs k and decodes a 2xx JSON answer into out (nil ignores it).
-func (c *Client) doJSON(ctx context.Context, k call, out any) (*http.Response, error) {
+// answer runs a non-streaming call and returns the answer with its whole
+// body (a 2xx, or a status in k.accept).
+func (c *Client) answer(ctx context.Context, k call) (*http.Response, []byte, error) {
 	resp, cancel, err := c.do(ctx, k, false)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer cancel()
-	if out == nil {
-		return resp, nil
-	}
-	if err := decodeJSON(resp, out); err != nil {
-		return nil, fmt.Errorf("%s: %w", k, err)
-	}
-	return resp, nil
+	b, err := io.ReadAll(resp.Body)
+	return resp, b, err
 }
 
-// decodeJSON parses the body explicitly instead of relying on resty's
-// content-type sniffing, and says so when CVAT (or a proxy in front of it)
-// answered something that is not JSON, e.g. an HTML login page.
-func decodeJSON(resp *http.Response, out any) error {
-	ct := resp.Header.Get("Content-Type")
-	if ct != "" && !strings.Contains(strings.ToLower(ct), "json") {
-		return fmt.Errorf("answer is %q, not JSON", ct)
+// doJSON runs k and decodes a 2xx JSON answer into out (nil ignores it). A
+// GET answered with something that is not JSON (a proxy's page) is retried
+// like a 5xx; other methods are not repeated (the request may have been
+// done).
+func (c *Client) doJSON(ctx context.Context, k call, out any) (*http.Response, error) {
+	for attempt := 0; ; attempt++ {
+		resp, b, err := c.answer(ctx, k)
+		if err != nil {
+			return nil, err
+		}
+		if out == nil {
+			return resp, nil
+		}
+		err = decodeJSON(k, resp, b, out)
+		var nj *NotJSONError
+		if err == nil || !errors.As(err, &nj) || k.method != http.MethodGet || attempt >= c.cfg.MaxRetries {
+			return resp, err
+		}
+		if serr := sleep(ctx, c.backoff(attempt, 0)); serr != nil {
+			return nil, fmt.Errorf("%w; gave up waiting to retry: %w", err, serr)
+		}
 	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("decode answer: %w", err)
+}
+
+// decodeJSON parses an answer explicitly instead of relying on resty's
+// content-type sniffing, and says so when CVAT (or a proxy in front of it)
+// answered something that is not JSON, e.g. an HTML login page: a
+// *NotJSONError, which is ErrUnavailable.
+func decodeJSON(k call, resp *http.Response, b []byte, out any) error {
+	ct := resp.Header.Get("Content-Type")
+	if ct != "" && !isJSON(ct) {
+		return &NotJSONError{Call: k.String(), Status: resp.Status, ContentType: ct, Start: printable(b, 64)}
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		if ct == "" && len(bytes.TrimSpace(b)) > 0 && !json.Valid(b) {
+			return &NotJSONError{Call: k.String(), Status: resp.Status, Start: printable(b, 64)}
+		}
+		return fmt.Errorf("%s: decode answer: %w", k, err)
 	}
 	return nil
 }
@@ -383,18 +489,25 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// resolve turns a URL CVAT returned into an absolute URL on the configured
-// origin, or refuses it.
-func (c *Client) resolve(raw string) (*url.URL, error) {
+// onOrigin takes the path and query of an absolute URL CVAT built (from its
+// proxies' Host and X-Forwarded-Proto, so often another scheme or host than
+// the configured one) and puts them on the configured origin: credentials
+// never leave it. A path prefix of the base URL that CVAT's path lacks (a
+// proxy strips it) is put back.
+func (c *Client) onOrigin(raw string) (string, error) {
 	u, err := url.Parse(raw)
-	if err != nil {
-		return nil, fmt.Errorf("%w: unparsable URL", ErrOffOrigin)
+	if err != nil || u.Path == "" {
+		return "", fmt.Errorf("unusable URL %q from CVAT", tidy(raw))
 	}
-	u = c.base.ResolveReference(u)
-	if !sameOrigin(u, c.base) {
-		return nil, fmt.Errorf("%w: %s is not on the configured CVAT origin %s", ErrOffOrigin, redactURL(u), c.base.Scheme+"://"+c.base.Host)
+	p := u.EscapedPath()
+	if prefix := c.base.EscapedPath(); prefix != "" && !strings.HasPrefix(p, prefix+"/") {
+		p = prefix + p
 	}
-	return u, nil
+	out := c.base.Scheme + "://" + c.base.Host + p
+	if u.RawQuery != "" {
+		out += "?" + u.RawQuery
+	}
+	return out, nil
 }
 
 func sameOrigin(a, b *url.URL) bool {

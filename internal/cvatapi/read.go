@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
@@ -14,21 +15,36 @@ import (
 )
 
 // About returns GET /api/server/about (sent without credentials: CVAT serves
-// it to anyone). A successful answer is cached for the Client's lifetime; it
-// picks the export API.
+// it to anyone). A successful answer is cached for Config.VersionTTL; the
+// version it carries picks the export API and, with AuthScheme "auto", the
+// token's scheme.
 func (c *Client) About(ctx context.Context) (About, error) {
 	c.aboutMu.Lock()
 	defer c.aboutMu.Unlock()
-	if c.about != nil {
-		return *c.about, nil
+	if c.about != nil && time.Since(c.about.fetched) < c.cfg.VersionTTL {
+		return c.about.about, nil
 	}
-	var a About
-	_, err := c.doJSON(ctx, call{method: "GET", route: "/api/server/about", path: "/api/server/about", noAuth: true}, &a)
+	a, _, err := c.fetchAbout(ctx)
 	if err != nil {
 		return About{}, err
 	}
-	c.about = &a
 	return a, nil
+}
+
+// fetchAbout asks the server and refreshes the cache. The caller holds
+// c.aboutMu.
+func (c *Client) fetchAbout(ctx context.Context) (About, *http.Response, error) {
+	var a About
+	resp, err := c.doJSON(ctx, call{method: "GET", route: "/api/server/about", path: "/api/server/about", noAuth: true}, &a)
+	if err != nil {
+		return About{}, nil, err
+	}
+	if prev := c.about; prev != nil && prev.about.Version != a.Version {
+		c.log.LogAttrs(ctx, slog.LevelInfo, "CVAT version changed",
+			slog.String("cvat_version", a.Version), slog.String("previous_version", prev.about.Version))
+	}
+	c.about = &aboutCache{about: a, fetched: time.Now()}
+	return a, resp, nil
 }
 
 // Formats returns the export formats the server offers, enabled or not.
@@ -117,11 +133,18 @@ type page[T any] struct {
 	Results []T     `json:"results"`
 }
 
+// maxFailedPages is how many consecutive pages ListTasks skips before it
+// gives up: one page that keeps failing is skipped, an outage is not.
+const maxFailedPages = 3
+
 // ListTasks calls fn for every task that matches f, page by page, in the
 // organization of the Client's Config (none = the personal sandbox), sorted
 // by id ascending.
 //
-// Two deliberate choices:
+// Deliberate choices:
+//   - Filters are CVAT's JSON-logic filter, which every release has
+//     (project_id= and the other simple filters only exist from 2.4.0;
+//     2.3.x ignores them and lists every task).
 //   - Pages are requested by number (page=N) on the configured base URL
 //     rather than by following CVAT's `next` link. CVAT builds `next` from
 //     the request's Host and scheme, which behind a proxy or ingress often
@@ -131,12 +154,19 @@ type page[T any] struct {
 //     an updated_date order (and could be skipped), while ids are stable and
 //     new tasks append at the end. A task deleted mid-listing can still
 //     shift one task past us; the reconciler's next run sees it.
+//   - A page that still fails after the client's retries (a 5xx, an answer
+//     that is not CVAT's) is skipped: the listing goes on with the next
+//     page and then returns an error wrapping ErrIncompleteListing that
+//     names the skipped pages. Three failed pages in a row end the listing
+//     (wrapping the last error too, e.g. ErrUnavailable). Errors that are
+//     not about one page (401, 403, an unknown organization, ctx) end it at
+//     once.
 func (c *Client) ListTasks(ctx context.Context, f TaskFilter, fn func(Task) error) error {
 	q := url.Values{}
-	if f.ProjectID != 0 {
-		q.Set("project_id", strconv.FormatInt(f.ProjectID, 10))
-	}
 	var rules []any
+	if f.ProjectID != 0 {
+		rules = append(rules, map[string]any{"==": []any{map[string]string{"var": "project_id"}, f.ProjectID}})
+	}
 	if !f.UpdatedSince.IsZero() {
 		rules = append(rules, map[string]any{">=": []any{map[string]string{"var": "updated_date"}, cvatTime(f.UpdatedSince)}})
 	}
@@ -156,11 +186,32 @@ func (c *Client) ListTasks(ctx context.Context, f TaskFilter, fn func(Task) erro
 		size = 100
 	}
 	q.Set("page_size", strconv.Itoa(size))
-	for n := 1; ; n++ {
+	var skipped []int
+	var lastErr error
+	failedInARow := 0
+	last := 0 // the last page, once a page has said how many tasks there are
+pages:
+	for n := 1; last == 0 || n <= last; n++ {
 		q.Set("page", strconv.Itoa(n))
 		var p page[Task]
-		if _, err := c.doJSON(ctx, call{method: "GET", route: "/api/tasks", path: "/api/tasks", query: q}, &p); err != nil {
+		_, err := c.doJSON(ctx, call{method: "GET", route: "/api/tasks", path: "/api/tasks", query: q}, &p)
+		switch {
+		case err == nil:
+			failedInARow = 0
+		case ctx.Err() != nil:
+			return fmt.Errorf("list tasks (page %d): %w", n, ctx.Err())
+		case pastTheEnd(err):
+			break pages // fewer pages than the count said (tasks were deleted)
+		case !pageError(err):
 			return fmt.Errorf("list tasks (page %d): %w", n, err)
+		default:
+			skipped, lastErr = append(skipped, n), err
+			if failedInARow++; failedInARow == maxFailedPages {
+				return fmt.Errorf("list tasks: %w: pages %s failed, the last %d in a row: %w", ErrIncompleteListing, pageList(skipped), maxFailedPages, lastErr)
+			}
+			c.log.LogAttrs(ctx, slog.LevelWarn, "skipping a page of the task listing that keeps failing",
+				slog.Int("page", n), slog.String("error", err.Error()))
+			continue
 		}
 		for _, t := range p.Results {
 			if err := fn(t); err != nil {
@@ -171,28 +222,74 @@ func (c *Client) ListTasks(ctx context.Context, f TaskFilter, fn func(Task) erro
 			}
 		}
 		if p.Next == nil || len(p.Results) == 0 {
-			return nil
+			break
 		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
+		last = int((p.Count + int64(size) - 1) / int64(size))
 	}
+	if len(skipped) > 0 {
+		return fmt.Errorf("list tasks: %w: skipped pages %s of %d tasks per page: %w", ErrIncompleteListing, pageList(skipped), size, lastErr)
+	}
+	return nil
+}
+
+// pageError reports an error of one page that the next page may not have.
+func pageError(err error) bool {
+	var se *StatusError
+	if errors.As(err, &se) {
+		return se.Code >= 500 || errors.Is(se, ErrUnavailable)
+	}
+	return true // transport failures, answers that are not CVAT's JSON, undecodable pages
+}
+
+// pastTheEnd is DRF's 404 "Invalid page." for a page beyond the last.
+func pastTheEnd(err error) bool {
+	var se *StatusError
+	return errors.As(err, &se) && se.Code == http.StatusNotFound && errors.Is(se, ErrNotFound) && strings.HasPrefix(se.Detail, "Invalid page")
+}
+
+func pageList(pages []int) string {
+	s := make([]string, len(pages))
+	for i, p := range pages {
+		s[i] = strconv.Itoa(p)
+	}
+	return strings.Join(s, ", ")
+}
+
+// CheckAuth makes one authenticated request (GET /api/users/self) to tell,
+// at start-up, whether CVAT accepts the configured credentials. A refusal
+// wraps ErrUnauthorized and names the credential setting and the scheme it
+// was sent with (never the credential), with a hint when the scheme does
+// not fit the server's version; no credentials at all is ErrUnauthorized
+// without a request.
+func (c *Client) CheckAuth(ctx context.Context) error {
+	if c.scheme == "" {
+		return fmt.Errorf("check CVAT credentials: %w: none configured (Config.Token, or Config.Username and Config.Password)", ErrUnauthorized)
+	}
+	var u User
+	if _, err := c.doJSON(ctx, call{method: "GET", route: "/api/users/self", path: "/api/users/self"}, &u); err != nil {
+		return fmt.Errorf("check CVAT credentials: %w", err)
+	}
+	c.log.LogAttrs(ctx, slog.LevelDebug, "CVAT accepted the credentials", slog.String("user", u.Username))
+	return nil
 }
 
 // cvatTime formats a time as CVAT does (microseconds, Z).
 func cvatTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000000Z") }
 
 // Clock returns CVAT's current time, read from the Date header of a fresh
-// GET /api/server/about: windows of incremental listings come from CVAT's
-// clock, not ours. Date has a resolution of one second.
+// GET /api/server/about (which also refreshes the cached version): windows
+// of incremental listings come from CVAT's clock, not ours. Date has a
+// resolution of one second.
 func (c *Client) Clock(ctx context.Context) (time.Time, error) {
-	resp, err := c.doJSON(ctx, call{method: "GET", route: "/api/server/about", path: "/api/server/about", noAuth: true}, nil)
+	c.aboutMu.Lock()
+	defer c.aboutMu.Unlock()
+	_, resp, err := c.fetchAbout(ctx)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("read CVAT's clock: %w", err)
 	}
 	t, err := http.ParseTime(resp.Header.Get("Date"))
 	if err != nil {
-		return time.Time{}, fmt.Errorf("read CVAT's clock: no usable Date header in GET /api/server/about")
+		return time.Time{}, errors.New("read CVAT's clock: no usable Date header in GET /api/server/about")
 	}
 	return t.UTC(), nil
 }

@@ -42,6 +42,7 @@ type Task struct {
 	Subset         string    `json:"subset"`
 	Dimension      string    `json:"dimension"`
 	Size           int64     `json:"size"` // frames; 0 before data is attached
+	DataID         int64     `json:"data"` // 0 (null) while the task has no data: its exports fail (ErrNoData)
 	CreatedDate    time.Time `json:"created_date"`
 	UpdatedDate    time.Time `json:"updated_date"`
 	Jobs           struct {
@@ -85,9 +86,20 @@ type TaskFilter struct {
 // ExportOptions tunes ExportTask.
 type ExportOptions struct {
 	SaveImages bool // include images (a dataset export) instead of annotations only
+
+	// UpdatedDate, when set, is the task state the caller will name the
+	// archive for: once CVAT has the export ready, ExportTask reads the
+	// task again and fails with ErrStateChanged if its updated_date moved
+	// (CVAT's export holds the state when its job started, which may be
+	// later than the caller's read). One more GET per export.
+	UpdatedDate time.Time
 }
 
-// Export is a finished export being downloaded. Body must be closed.
+// Export is a finished export being downloaded. Body must be closed. Body
+// checks what it streams: its Read fails with an error wrapping
+// ErrInvalidArchive when the byte count does not match Content-Length (the
+// content type and the zip signature were checked before ExportTask
+// returned).
 type Export struct {
 	Body        io.ReadCloser
 	Size        int64 // -1 when CVAT sends no Content-Length

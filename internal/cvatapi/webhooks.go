@@ -20,7 +20,7 @@ import (
 type WebhookSpec struct {
 	TargetURL   string
 	Secret      string   // HMAC key for X-Signature-256; required
-	Events      []string // e.g. update:task, update:job, delete:task
+	Events      []string // e.g. update:task, update:job, delete:task; empty: DefaultWebhookEvents for the server and scope
 	ProjectID   int64    // non-zero: a project webhook; zero: an organization webhook
 	Org         string   // organization slug of an organization webhook; default Config.Org
 	Description string   // human text; EnsureWebhook appends the secret's fingerprint
@@ -37,42 +37,28 @@ type Webhook struct {
 	ContentType      string    `json:"content_type"`
 	IsActive         bool      `json:"is_active"`
 	EnableSSL        bool      `json:"enable_ssl"`
-	ProjectID        int64     `json:"project_id"`
+	ProjectID        int64     `json:"project_id"` // 2.3.0 calls it project
 	OrganizationID   int64     `json:"organization"`
 	Events           []string  `json:"events"`
-	LastStatus       int       `json:"last_status"`
+	LastStatus       int       `json:"last_status"` // 0: no delivery, or the last one not sent yet
 	LastDeliveryDate time.Time `json:"last_delivery_date"`
 }
 
-// Delivery is CVAT's WebhookDeliveryRead.
-type Delivery struct {
-	ID          int64           `json:"id"`
-	WebhookID   int64           `json:"webhook_id"`
-	Event       string          `json:"event"`
-	StatusCode  int             `json:"status_code"` // the receiver's status; CVAT records 502 for connection errors, 504 for timeouts
-	Redelivery  bool            `json:"redelivery"`
-	CreatedDate time.Time       `json:"created_date"`
-	Request     json.RawMessage `json:"request"`
-	Response    string          `json:"-"` // the receiver's answer (at most 1 MiB)
-}
-
-// UnmarshalJSON takes `response` as CVAT sends it: a string, despite the
-// schema saying object.
-func (d *Delivery) UnmarshalJSON(b []byte) error {
-	type plain Delivery
-	var w struct {
+// UnmarshalJSON also reads 2.3.0's webhook, whose project field is named
+// `project` (webhooks/serializers.py @2.3.0); without it a project webhook
+// would never match its spec and every register would create another one.
+func (w *Webhook) UnmarshalJSON(b []byte) error {
+	type plain Webhook
+	var x struct {
 		plain
-		Response json.RawMessage `json:"response"`
+		Project *int64 `json:"project"`
 	}
-	if err := json.Unmarshal(b, &w); err != nil {
+	if err := json.Unmarshal(b, &x); err != nil {
 		return err
 	}
-	*d = Delivery(w.plain)
-	var s string
-	if json.Unmarshal(w.Response, &s) == nil {
-		d.Response = s
-	} else if len(w.Response) > 0 && string(w.Response) != "null" {
-		d.Response = string(w.Response)
+	*w = Webhook(x.plain)
+	if w.ProjectID == 0 && x.Project != nil {
+		w.ProjectID = *x.Project
 	}
 	return nil
 }
@@ -132,9 +118,6 @@ func (c *Client) ensureWebhook(ctx context.Context, spec WebhookSpec) (Webhook, 
 	if len(spec.Secret) > 64 {
 		return Webhook{}, false, errors.New("CVAT accepts secrets of at most 64 characters")
 	}
-	if len(spec.Events) == 0 {
-		return Webhook{}, false, errors.New("no events")
-	}
 	typ := "project"
 	org := spec.Org
 	if org == "" {
@@ -150,9 +133,19 @@ func (c *Client) ensureWebhook(ctx context.Context, spec WebhookSpec) (Webhook, 
 	if org != "" {
 		hdr["X-Organization"] = org
 	}
-	events := slices.Clone(spec.Events)
-	slices.Sort(events)
-	events = slices.Compact(events)
+	rel, err := c.hookRelease(ctx)
+	if err != nil {
+		return Webhook{}, false, err
+	}
+	events, err := c.webhookEvents(ctx, rel, spec, typ)
+	if err != nil {
+		return Webhook{}, false, err
+	}
+	if typ == "project" {
+		if err := c.checkProjectWebhookOrg(ctx, rel, spec.ProjectID, org, hdr); err != nil {
+			return Webhook{}, false, err
+		}
+	}
 	desc := describe(spec.Description, spec.Secret)
 
 	existing, err := c.findWebhook(ctx, spec.TargetURL, typ, spec.ProjectID, hdr)
@@ -257,12 +250,204 @@ func (c *Client) findWebhook(ctx context.Context, target, typ string, projectID 
 	return &found[0], nil
 }
 
-// PingWebhook asks CVAT to send a ping to webhook id now and returns CVAT's
-// record of that delivery.
+// pingWait bounds how long PingWebhook waits for CVAT 2.3–2.4.1's worker to
+// send a queued ping (it has a 10 s timeout of its own).
+const pingWait = 45 * time.Second
+
+// PingWebhook asks CVAT to send a ping to webhook id and returns CVAT's
+// record of that delivery. From 2.4.2 CVAT sends it while answering; 2.3–2.4.1
+// only queue it (the record comes back with no status), so PingWebhook polls
+// the record until CVAT's worker has filled in the receiver's status, for at
+// most 45 s.
 func (c *Client) PingWebhook(ctx context.Context, id int64) (Delivery, error) {
 	var d Delivery
 	if _, err := c.doJSON(ctx, call{method: "POST", route: "/api/webhooks/{id}/ping", path: "/api/webhooks/" + strconv.FormatInt(id, 10) + "/ping"}, &d); err != nil {
 		return Delivery{}, fmt.Errorf("ping webhook %d: %w", id, err)
 	}
-	return d, nil
+	if d.StatusCode != 0 {
+		return d, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, pingWait)
+	defer cancel()
+	wait := c.cfg.PollInterval
+	for {
+		if err := sleep(ctx, wait); err != nil {
+			return d, fmt.Errorf("ping webhook %d: CVAT queued delivery %d but recorded no answer within %s: %w", id, d.ID, pingWait, err)
+		}
+		wait = min(wait*2, c.cfg.PollMaxInterval)
+		got, err := c.Delivery(ctx, id, d.ID)
+		if err != nil {
+			return d, fmt.Errorf("ping webhook %d: %w", id, err)
+		}
+		if got.StatusCode != 0 {
+			return got, nil
+		}
+	}
+}
+
+// FindWebhook returns the webhook EnsureWebhook manages for spec: the one
+// with spec's target URL in spec's scope whose description carries the
+// fingerprint of spec's secret. found is false when there is none.
+func (c *Client) FindWebhook(ctx context.Context, spec WebhookSpec) (w Webhook, found bool, err error) {
+	typ, org := "project", spec.Org
+	if org == "" {
+		org = c.cfg.Org
+	}
+	if spec.ProjectID == 0 {
+		typ = "organization"
+	}
+	hdr := map[string]string{}
+	if org != "" {
+		hdr["X-Organization"] = org
+	}
+	got, err := c.findWebhook(ctx, spec.TargetURL, typ, spec.ProjectID, hdr)
+	if err != nil {
+		return Webhook{}, false, fmt.Errorf("find webhook for %s: %w", spec.TargetURL, err)
+	}
+	if got == nil || !strings.HasSuffix(got.Description, fingerprintTag+SecretFingerprint(spec.Secret)+"]") {
+		return Webhook{}, false, nil
+	}
+	return *got, true, nil
+}
+
+// Which events webhooks may have, by release (webhooks/event_type.py).
+var (
+	// Events cvat-sync wants: task changes, job updates, and what deletes
+	// or adds tasks wholesale.
+	wantedEvents = []string{"create:task", "delete:task", "update:job", "update:project", "update:task"}
+	// From 2.4.2 (#5916): job creation and deletion for both types, and
+	// delete:project for project webhooks (2.3–2.4.1 refuse a project
+	// webhook with it: 400 "Invalid events list for project webhook").
+	jobEvents = []string{"create:job", "delete:job"}
+)
+
+// DefaultWebhookEvents is what EnsureWebhook subscribes when the spec names
+// no events: task create/update/delete, job and project updates, and, as
+// far as the release (CVAT's version string) allows for the scope,
+// delete:project (organization webhooks always, project webhooks from
+// 2.4.2), create:job and delete:job (2.4.2), and create:project
+// (organization webhooks). An unparsable version is taken as current.
+func DefaultWebhookEvents(version string, projectWebhook bool) []string {
+	rel, _ := parseRelease(version)
+	return defaultEvents(rel, projectWebhook)
+}
+
+func defaultEvents(rel hookRelease, projectWebhook bool) []string {
+	ev := slices.Clone(wantedEvents)
+	if rel.atLeast(2, 4, 2) {
+		ev = append(ev, jobEvents...)
+	}
+	if !projectWebhook {
+		ev = append(ev, "create:project", "delete:project")
+	} else if rel.atLeast(2, 4, 2) {
+		ev = append(ev, "delete:project")
+	}
+	slices.Sort(ev)
+	return ev
+}
+
+// webhookEvents is the event list to subscribe: spec's, without the events
+// this release does not offer for the scope (CVAT would refuse the whole
+// webhook), or DefaultWebhookEvents.
+func (c *Client) webhookEvents(ctx context.Context, rel hookRelease, spec WebhookSpec, typ string) ([]string, error) {
+	if len(spec.Events) == 0 {
+		return defaultEvents(rel, typ == "project"), nil
+	}
+	var events, dropped []string
+	for _, e := range spec.Events {
+		if offered(rel, typ, e) {
+			events = append(events, e)
+		} else {
+			dropped = append(dropped, e)
+		}
+	}
+	slices.Sort(events)
+	events = slices.Compact(events)
+	if len(dropped) > 0 {
+		c.log.LogAttrs(ctx, slog.LevelWarn, "CVAT does not offer these events for this webhook type; not subscribing them",
+			slog.String("type", typ), slog.String("events", strings.Join(dropped, ",")))
+	}
+	if len(events) == 0 {
+		return nil, fmt.Errorf("none of the events %v is offered for %s webhooks by this CVAT release", spec.Events, typ)
+	}
+	return events, nil
+}
+
+// offered reports whether release rel lets a webhook of type typ subscribe
+// to event. Only what differs between releases is refused; anything else is
+// left for CVAT to judge.
+func offered(rel hookRelease, typ, event string) bool {
+	switch event {
+	case "create:job", "delete:job", "create:membership", "delete:organization":
+		if !rel.atLeast(2, 4, 2) {
+			return false
+		}
+	}
+	switch event {
+	case "delete:project":
+		return typ != "project" || rel.atLeast(2, 4, 2)
+	case "create:project", "update:organization", "delete:organization", "create:invitation", "delete:invitation",
+		"create:membership", "update:membership", "delete:membership":
+		return typ != "project"
+	}
+	return true
+}
+
+// checkProjectWebhookOrg refuses a project webhook for a project in an
+// organization when no organization context is given. From 2.4.0 CVAT gives
+// the webhook the project's organization and then shows it only in that
+// organization's context: registered from outside, it could never be found
+// again (every register would create another). 2.3.0 is worse: the webhook
+// takes the organization of the request that creates it and fires only for
+// resources of that organization (webhooks/views.py perform_create,
+// signals.py select_webhooks @2.3.0), so it would never fire.
+func (c *Client) checkProjectWebhookOrg(ctx context.Context, rel hookRelease, projectID int64, org string, hdr map[string]string) error {
+	if org != "" {
+		return nil // the project is looked up in that context when the webhook is created
+	}
+	var p Project
+	if _, err := c.doJSON(ctx, call{method: "GET", route: "/api/projects/{id}", path: "/api/projects/" + strconv.FormatInt(projectID, 10), header: hdr}, &p); err != nil {
+		return fmt.Errorf("get project %d: %w", projectID, err)
+	}
+	if p.OrganizationID == 0 {
+		return nil
+	}
+	why := "CVAT shows its webhooks only in that organization's context"
+	if !rel.atLeast(2, 4, 0) {
+		why = "CVAT 2.3.0 fires a project webhook only when it is created in the project's organization"
+	}
+	return fmt.Errorf("project %d belongs to organization %d: %s, so give that organization's slug", projectID, p.OrganizationID, why)
+}
+
+// hookRelease is the server's release as the webhook rules need it.
+//
+// TODO(lead): switch to cvatapi.Version / (*Client).Version once the
+// export work lands them; this private copy exists until then.
+type hookRelease [3]int
+
+// parseRelease reads "X.Y.Z" (also "X.Y", "X.Y.Z.devN"); an unparsable
+// version is taken as current, like the rest of the client does.
+func parseRelease(s string) (hookRelease, bool) {
+	var r hookRelease
+	n, _ := fmt.Sscanf(strings.TrimPrefix(strings.TrimSpace(s), "v"), "%d.%d.%d", &r[0], &r[1], &r[2])
+	if n < 2 {
+		return hookRelease{999}, false
+	}
+	return r, true
+}
+
+func (r hookRelease) atLeast(major, minor, patch int) bool {
+	return slices.Compare(r[:], []int{major, minor, patch}) >= 0
+}
+
+func (c *Client) hookRelease(ctx context.Context) (hookRelease, error) {
+	a, err := c.About(ctx)
+	if err != nil {
+		return hookRelease{}, fmt.Errorf("read CVAT's version: %w", err)
+	}
+	rel, ok := parseRelease(a.Version)
+	if !ok {
+		c.log.LogAttrs(ctx, slog.LevelWarn, "unparsable CVAT version; applying the newest webhook rules", slog.String("cvat_version", a.Version))
+	}
+	return rel, nil
 }

@@ -101,7 +101,6 @@ func TestEnsureWebhookRejectsBadSpecs(t *testing.T) {
 	}{
 		{"no secret", func(s *cvatapi.WebhookSpec) { s.Secret = "" }},
 		{"secret too long", func(s *cvatapi.WebhookSpec) { s.Secret = strings.Repeat("x", 65) }},
-		{"no events", func(s *cvatapi.WebhookSpec) { s.Events = nil }},
 		{"relative target", func(s *cvatapi.WebhookSpec) { s.TargetURL = "/webhooks/cvat" }},
 		{"organization webhook without organization", func(s *cvatapi.WebhookSpec) { s.ProjectID = 0 }},
 	}

@@ -1,6 +1,7 @@
 package cvatfake
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/json"
 	"fmt"
@@ -18,6 +19,18 @@ func (s *Server) about(w http.ResponseWriter, r *http.Request) {
 		{"version", s.opts.Version},
 		{"logo_url", s.base(r) + "/static/logo.svg"},
 		{"subtitle", "Open Data Annotation Platform"},
+	})
+}
+
+// usersSelf is GET /api/users/self: the authenticated user (UserSerializer
+// for one's own GET).
+func (s *Server) usersSelf(w http.ResponseWriter, r *http.Request) {
+	base := s.base(r)
+	writeJSON(w, http.StatusOK, ordered{
+		{"url", base + "/api/users/" + itoa(userID)}, {"id", userID}, {"username", userName},
+		{"first_name", "User"}, {"last_name", "Seventh"}, {"email", "user7@cvat.example"},
+		{"groups", []string{"user"}}, {"is_staff", false}, {"is_superuser", false}, {"is_active", true},
+		{"last_login", nil}, {"date_joined", "2021-12-14T19:46:37.969000Z"},
 	})
 }
 
@@ -66,39 +79,63 @@ func (s *Server) formats(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, ordered{{"importers", imp}, {"exporters", exp}})
 }
 
-// visible applies CVAT's organization context: with X-Organization only
-// that organization's resources, without it the personal sandbox.
+// visible applies CVAT's organization context to listings
+// (OrganizationFilterBackend): with X-Organization only that organization's
+// resources, without it the personal sandbox.
 func visible(r *http.Request, org string) bool { return r.Header.Get("X-Organization") == org }
 
-// lookup finds resource {id} of the request, or answers 404. A resource is
-// found by id from any context, but not from another organization's. The
-// caller holds s.mu.
-func lookup[T any](w http.ResponseWriter, r *http.Request, m map[int64]*T, model string, org func(*T) string) *T {
+// lookup finds resource {id} of the request, or answers 404. As in CVAT, a
+// detail request finds the object by id whatever the organization context:
+// the permission check then uses the object's own organization, of which
+// the fake's user is a member. The caller holds s.mu.
+func lookup[T any](w http.ResponseWriter, r *http.Request, m map[int64]*T, model string) *T {
 	id, _ := pathID(r)
 	v, ok := m[id]
-	if !ok || (r.Header.Get("X-Organization") != "" && !visible(r, org(v))) {
+	if !ok {
 		notFound(w, model)
 		return nil
 	}
 	return v
 }
 
+// lookupTask finds task {id}, or answers 404, or CVAT's 403 for a task the
+// credentials may not see (HideTask). The caller holds s.mu.
 func (s *Server) lookupTask(w http.ResponseWriter, r *http.Request) *Task {
-	return lookup(w, r, s.tasks, "Task", func(t *Task) string { return t.Org })
+	t := lookup(w, r, s.tasks, "Task")
+	if t != nil && s.hidden[t.ID] {
+		forbidden(w)
+		return nil
+	}
+	return t
+}
+
+// restTask renders a task as the REST API does. A task without data has
+// "data": null and size 0 (the shared serializer struct cannot say so). The
+// caller holds s.mu.
+func (s *Server) restTask(t *Task, base string) json.RawMessage {
+	b, err := marshal(s.taskJSON(t, base, true))
+	if err != nil {
+		panic(err) // only our own structs are encoded
+	}
+	if t.NoData {
+		b = bytes.Replace(b, []byte(`"size":`+itoa(t.Size)+`,`), []byte(`"size":0,`), 1)
+		b = bytes.Replace(b, []byte(`"data":`+itoa(t.ID)+`,`), []byte(`"data":null,`), 1)
+	}
+	return b
 }
 
 func (s *Server) getTask(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if t := s.lookupTask(w, r); t != nil {
-		writeJSON(w, http.StatusOK, s.taskJSON(t, s.base(r), true))
+		writeRawJSON(w, http.StatusOK, s.restTask(t, s.base(r)))
 	}
 }
 
 func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if j := lookup(w, r, s.jobs, "Job", func(j *Job) string { return s.tasks[j.TaskID].Org }); j != nil {
+	if j := lookup(w, r, s.jobs, "Job"); j != nil {
 		writeJSON(w, http.StatusOK, s.jobJSON(j, s.base(r), true))
 	}
 }
@@ -106,7 +143,7 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
 func (s *Server) getProject(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if p := lookup(w, r, s.projects, "Project", func(p *Project) string { return p.Org }); p != nil {
+	if p := lookup(w, r, s.projects, "Project"); p != nil {
 		writeJSON(w, http.StatusOK, s.projectJSON(p, s.base(r)))
 	}
 }
@@ -117,7 +154,7 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) {
 	var jobs []*Job
 	for _, j := range s.jobs {
 		t := s.tasks[j.TaskID]
-		if visible(r, t.Org) && (!q.Has("task_id") || q.Get("task_id") == itoa(j.TaskID)) {
+		if visible(r, t.Org) && !s.hidden[t.ID] && (!q.Has("task_id") || q.Get("task_id") == itoa(j.TaskID)) {
 			jobs = append(jobs, j)
 		}
 	}
@@ -140,15 +177,18 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s.mu.Lock()
+	// SimpleFilter (project_id=, status=, ...) arrived in 2.4.0; 2.3.x
+	// ignores those parameters and lists every visible task.
+	simple := s.ver.atLeast(2, 4)
 	var tasks []*Task
 	for _, t := range s.tasks {
-		if !visible(r, t.Org) {
+		if !visible(r, t.Org) || s.hidden[t.ID] {
 			continue
 		}
-		if q.Has("project_id") && q.Get("project_id") != itoa(t.ProjectID) {
+		if simple && q.Has("project_id") && q.Get("project_id") != itoa(t.ProjectID) {
 			continue
 		}
-		if q.Has("status") && q.Get("status") != t.Status {
+		if simple && q.Has("status") && q.Get("status") != t.Status {
 			continue
 		}
 		if rule != nil {
@@ -171,7 +211,7 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) {
 	}
 	items := make([]any, 0, len(tasks))
 	for _, t := range tasks {
-		items = append(items, s.taskJSON(t, s.base(r), true))
+		items = append(items, s.restTask(t, s.base(r)))
 	}
 	s.mu.Unlock()
 	s.paginate(w, r, items)

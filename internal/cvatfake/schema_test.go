@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -196,7 +197,15 @@ func TestSchemaV264(t *testing.T) {
 	}
 	_, err = c.About(ctx)
 	must(err)
+	must(c.CheckAuth(ctx))
 	must(c.CheckFormats(ctx, []string{"COCO 1.0"}))
+	_, err = c.Task(ctx, f.AddTask(cvatfake.Task{Name: "no data yet", ProjectID: p.ID, NoData: true}).ID)
+	must(err)
+	hidden := f.AddTask(cvatfake.Task{Name: "hidden", ProjectID: p.ID})
+	f.HideTask(hidden.ID, true)
+	if _, err := c.Task(ctx, hidden.ID); !errors.Is(err, cvatapi.ErrForbidden) {
+		t.Errorf("hidden task: %v", err)
+	}
 	_, err = c.Task(ctx, tasks[0].ID)
 	must(err)
 	_, err = c.Job(ctx, job.ID)
@@ -232,6 +241,8 @@ func TestSchemaV264(t *testing.T) {
 
 	v.requireSeen(t,
 		"GET /api/server/about 200",
+		"GET /api/users/self 200",
+		"GET /api/tasks/{id} 403",
 		"GET /api/server/annotation/formats 200",
 		"GET /api/tasks 200",
 		"GET /api/tasks/{id} 200",
@@ -264,13 +275,23 @@ func TestSchemaV231Legacy(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	if err := c.CheckAuth(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	x, err := c.ExportTask(context.Background(), task.ID, "CVAT for images 1.1", cvatapi.ExportOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	x.Body.Close()
+	// The request API and the legacy GET share jobs on 2.16-2.31: another task.
+	other := f.AddTask(cvatfake.Task{Name: "t", ProjectID: p.ID})
+	pq := "/api/tasks/" + itoa(other.ID) + "/dataset/export?format=COCO+1.0&save_images=false&location=local"
+	rawDo(t, v, f, "POST", pq)
+	if got := rawDo(t, v, f, "POST", pq); got != http.StatusConflict {
+		t.Errorf("second POST = %d, want 409", got)
+	}
 
-	legacy := "/api/tasks/" + itoa(task.ID) + "/annotations?format=COCO+1.0"
+	legacy := "/api/tasks/" + itoa(task.ID) + "/annotations?format=COCO+1.0&use_default_location=false&location=local"
 	for _, want := range []int{http.StatusAccepted, http.StatusAccepted, http.StatusCreated} {
 		if got := rawDo(t, v, f, "GET", legacy); got != want {
 			t.Fatalf("legacy GET = %d, want %d", got, want)
@@ -289,7 +310,9 @@ func TestSchemaV231Legacy(t *testing.T) {
 
 	v.requireSeen(t,
 		"GET /api/server/about 200",
+		"GET /api/users/self 200",
 		"POST /api/tasks/{id}/dataset/export 202",
+		"POST /api/tasks/{id}/dataset/export 409",
 		"GET /api/requests/{id} 200",
 		"GET /api/tasks/{id}/annotations/ 202",
 		"GET /api/tasks/{id}/annotations/ 201",

@@ -1,6 +1,7 @@
 package cvatfake
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -29,6 +30,9 @@ type Task struct {
 	CreatedDate time.Time
 	UpdatedDate time.Time
 	ArchiveSize int64 // bytes of its export archives; default Options.ArchiveSize
+
+	TargetCloudStorageID int64 // non-zero: the task's target storage is this cloud storage (exports go there unless the request says local)
+	NoData               bool  // no data attached: "data" is null, size 0, exports fail as CVAT's do
 }
 
 // Job is a CVAT job in the fake.
@@ -168,25 +172,50 @@ func get[T any](s *Server, m map[int64]*T, id int64) (T, bool) {
 	return *v, true
 }
 
-// TouchTask bumps the task's updated_date as any save does and returns the
-// update:task event CVAT would send.
-func (s *Server) TouchTask(id int64) (Event, error) {
+// Events and the releases that fire them (VERSIONS.md §1.5): in 2.3–2.4.1
+// only REST create, PATCH and DELETE calls fire webhooks; from 2.4.2 every
+// model save does. The methods below change the fake's state as CVAT would
+// and return the events CVAT sends for the change, each with the webhooks
+// CVAT selected for it at that moment (see Dispatch). An event is returned
+// even when no webhook receives it, so tests can deliver it by hand; an
+// event the release does not fire at all is not returned.
+
+// TouchTask saves the task as any model save does (a worker, a cascade):
+// updated_date moves, and from 2.4.2 update:task is fired. 2.3–2.4.1 fire
+// nothing for it.
+func (s *Server) TouchTask(id int64) ([]Event, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t, ok := s.tasks[id]
 	if !ok {
-		return Event{}, fmt.Errorf("cvatfake: no task %d", id)
+		return nil, fmt.Errorf("cvatfake: no task %d", id)
 	}
-	old := t.UpdatedDate
-	t.UpdatedDate = s.now()
-	return s.updateEvent("task", t.ProjectID, t.Org, s.taskJSON(t, s.publicBase(), false),
-		ordered{{"updated_date", cvatTime(old)}}), nil
+	ev, ok := s.touchTask(t)
+	if !ok {
+		return nil, nil
+	}
+	return []Event{ev}, nil
 }
 
-// SaveAnnotations does what an annotation save in job jobID does in CVAT
-// 2.64.0: it touches the job, its task and its project, and returns the
-// update:job, update:task and update:project events, in that order (no
-// update:project for a task outside any project).
+// touchTask bumps t's updated_date and builds the update:task a model save
+// fires. The caller holds s.mu.
+func (s *Server) touchTask(t *Task) (Event, bool) {
+	old := t.UpdatedDate
+	t.UpdatedDate = s.now()
+	if s.restOnly() {
+		return Event{}, false
+	}
+	return s.updateEvent(update{resource: "task", projectID: t.ProjectID, org: t.Org,
+		obj:  s.taskJSON(t, s.publicBase(), s.at(2, 73, 0)),
+		diff: []fieldChange{{"updated_date", cvatTime(old), cvatTime(t.UpdatedDate)}}},
+		s.selectHooks("update:task", t.Org, t.ProjectID, true, true))
+}
+
+// SaveAnnotations does what an annotation save in job jobID does
+// (dataset_manager/task.py _set_updated_date): 2.3–2.10 save the task only,
+// 2.11.0+ touch the job and the task, 2.12.1+ the project too. It returns
+// the update events, job, task, project in that order: none in 2.3–2.4.1
+// (a model save fires nothing there), update:task only in 2.4.2–2.10.
 func (s *Server) SaveAnnotations(jobID int64) ([]Event, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -196,25 +225,36 @@ func (s *Server) SaveAnnotations(jobID int64) ([]Event, error) {
 	}
 	t := s.tasks[j.TaskID]
 	base := s.publicBase()
+	real := s.at(2, 73, 0) // 2.73 re-reads the object: counters are real
 	var evs []Event
-	old := j.UpdatedDate
-	j.UpdatedDate = s.now()
-	evs = append(evs, s.updateEvent("job", t.ProjectID, t.Org, s.jobJSON(j, base, false), ordered{{"updated_date", cvatTime(old)}}))
-	old = t.UpdatedDate
-	t.UpdatedDate = s.now()
-	evs = append(evs, s.updateEvent("task", t.ProjectID, t.Org, s.taskJSON(t, base, false), ordered{{"updated_date", cvatTime(old)}}))
-	if p, ok := s.projects[t.ProjectID]; ok {
-		old = p.UpdatedDate
+	add := func(ev Event, ok bool) {
+		if ok && !s.restOnly() {
+			evs = append(evs, ev)
+		}
+	}
+	if s.at(2, 11, 0) {
+		old := j.UpdatedDate
+		j.UpdatedDate = s.now()
+		add(s.updateEvent(update{resource: "job", projectID: t.ProjectID, org: t.Org, obj: s.jobJSON(j, base, real),
+			diff: []fieldChange{{"updated_date", cvatTime(old), cvatTime(j.UpdatedDate)}}},
+			s.selectHooks("update:job", t.Org, t.ProjectID, true, true)))
+	}
+	add(s.touchTask(t))
+	if p, ok := s.projects[t.ProjectID]; ok && s.at(2, 12, 1) {
+		old := p.UpdatedDate
 		p.UpdatedDate = s.now()
-		evs = append(evs, s.updateEvent("project", p.ID, p.Org, s.projectJSON(p, base), ordered{{"updated_date", cvatTime(old)}}))
+		add(s.updateEvent(update{resource: "project", projectID: p.ID, org: p.Org, obj: s.projectJSON(p, base),
+			diff: []fieldChange{{"updated_date", cvatTime(old), cvatTime(p.UpdatedDate)}}},
+			s.selectHooks("update:project", p.Org, p.ID, true, true)))
 	}
 	return evs, nil
 }
 
 // CompleteJob does what PATCH /api/jobs/{id} {"stage": "acceptance",
-// "state": "completed"} does: it returns update:job, and, when every job of
-// the task is now completed, update:task with before_update.status (the
-// task's status becomes "completed").
+// "state": "completed"} does: it returns update:job, and, from 2.4.2, when
+// every job of the task is now completed, update:task with
+// before_update.status (the task's status becomes "completed" on every
+// release, but before 2.4.2 that save fires nothing).
 func (s *Server) CompleteJob(jobID int64) ([]Event, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -224,17 +264,25 @@ func (s *Server) CompleteJob(jobID int64) ([]Event, error) {
 	}
 	t := s.tasks[j.TaskID]
 	base := s.publicBase()
-	before := ordered{}
-	if j.Stage != "acceptance" {
-		before = append(before, pair{"status", j.Stage}, pair{"stage", j.Stage})
-	}
-	if j.State != "completed" {
-		before = append(before, pair{"state", j.State})
-	}
-	before = append(before, pair{"updated_date", cvatTime(j.UpdatedDate)})
+	// 2.3–2.4.1: before_update has the PATCH body's keys with their
+	// serialized old values (engine/mixins.py PartialUpdateModelMixin).
+	patch := ordered{{"stage", j.Stage}, {"state", j.State}}
+	oldStage, oldState, oldDate := j.Stage, j.State, j.UpdatedDate
 	j.Stage, j.State = "acceptance", "completed"
 	j.UpdatedDate = s.now()
-	evs := []Event{s.updateEvent("job", t.ProjectID, t.Org, s.jobJSON(j, base, false), before)}
+	var diff []fieldChange
+	if oldStage != j.Stage {
+		diff = append(diff, fieldChange{"status", oldStage, j.Stage}, fieldChange{"stage", oldStage, j.Stage})
+	}
+	if oldState != j.State {
+		diff = append(diff, fieldChange{"state", oldState, j.State})
+	}
+	diff = append(diff, fieldChange{"updated_date", cvatTime(oldDate), cvatTime(j.UpdatedDate)})
+	var evs []Event
+	if ev, ok := s.updateEvent(update{resource: "job", projectID: t.ProjectID, org: t.Org, obj: s.jobJSON(j, base, s.at(2, 73, 0)),
+		diff: diff, patch: patch}, s.selectHooks("update:job", t.Org, t.ProjectID, true, true)); ok {
+		evs = append(evs, ev)
+	}
 
 	done := true
 	for _, o := range s.jobs {
@@ -243,15 +291,22 @@ func (s *Server) CompleteJob(jobID int64) ([]Event, error) {
 		}
 	}
 	if done && t.Status != "completed" {
-		tb := ordered{{"updated_date", cvatTime(t.UpdatedDate)}, {"status", t.Status}}
+		oldStatus, oldDate := t.Status, t.UpdatedDate
 		t.Status = "completed"
 		t.UpdatedDate = s.now()
-		evs = append(evs, s.updateEvent("task", t.ProjectID, t.Org, s.taskJSON(t, base, false), tb))
+		// engine/signals.py recomputes the task's status in a model save.
+		if ev, ok := s.updateEvent(update{resource: "task", projectID: t.ProjectID, org: t.Org, obj: s.taskJSON(t, base, s.at(2, 73, 0)),
+			diff: []fieldChange{{"updated_date", cvatTime(oldDate), cvatTime(t.UpdatedDate)}, {"status", oldStatus, t.Status}}},
+			s.selectHooks("update:task", t.Org, t.ProjectID, true, true)); ok && !s.restOnly() {
+			evs = append(evs, ev)
+		}
 	}
 	return evs, nil
 }
 
-// DeleteTask removes the task and its jobs and returns the delete:task event.
+// DeleteTask does what DELETE /api/tasks/{id} does: it removes the task and
+// its jobs and returns the delete:task event (fired on every release). The
+// delete:job events of the cascade (2.4.2+) are not returned.
 func (s *Server) DeleteTask(id int64) (Event, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -260,19 +315,215 @@ func (s *Server) DeleteTask(id int64) (Event, error) {
 		return Event{}, fmt.Errorf("cvatfake: no task %d", id)
 	}
 	// The pre_delete snapshot carries the real job counters.
-	obj := s.taskJSON(t, s.publicBase(), true)
+	ev := s.deleteEvent("task", t.ProjectID, t.Org, s.taskJSON(t, s.publicBase(), true), false,
+		s.selectHooks("delete:task", t.Org, t.ProjectID, true, true))
+	s.removeTask(id)
+	return ev, nil
+}
+
+func (s *Server) removeTask(id int64) {
 	delete(s.tasks, id)
 	for jid, j := range s.jobs {
 		if j.TaskID == id {
 			delete(s.jobs, jid)
 		}
 	}
-	ev := Event{Name: "delete:task", ProjectID: t.ProjectID, Org: t.Org}
-	ev.build = func(webhookID int64) ordered {
-		return ordered{{"event", "delete:task"}, {"task", obj}, {"sender", s.sender(s.publicBase())}, {"webhook_id", webhookID}}
+}
+
+// DeleteProject does what DELETE /api/projects/{id} does: the project, its
+// tasks, their jobs and the project's webhooks (with their deliveries) go
+// in one cascade (VERSIONS.md §1.9). It returns delete:project, then
+// delete:task per task and delete:job per job (2.4.2+), each with the
+// webhooks CVAT selected:
+//   - 2.3–2.4.1: delete:project only (REST), to organization webhooks
+//     (project webhooks cannot subscribe to it);
+//   - 2.4.2–2.10: delete:project also to every webhook of the project,
+//     whatever its events or state (signals.py pre_delete @2.4.2), sent
+//     although the webhook is gone; the cascade's deletes reach
+//     organization webhooks only, the project's webhook rows being gone
+//     when they are selected (post_delete);
+//   - 2.11–2.64: the same, but only to project webhooks subscribed to
+//     delete:project and active;
+//   - 2.65+: project webhooks get nothing: the worker reads the webhook
+//     again and it is gone.
+//
+// Deliveries to a webhook deleted in the cascade are never recorded.
+func (s *Server) DeleteProject(id int64) ([]Event, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.projects[id]
+	if !ok {
+		return nil, fmt.Errorf("cvatfake: no project %d", id)
 	}
-	ev.render(s.defaultHookID(ev))
-	return ev, nil
+	base := s.publicBase()
+	var projectHooks []hookSnap
+	switch {
+	case s.restOnly():
+	case !s.at(2, 11, 0):
+		for _, hid := range s.hookIDs() {
+			if h := s.hooks[hid]; h.typ == "project" && h.projectID == id {
+				projectHooks = append(projectHooks, h.snap())
+			}
+		}
+	case !s.post11104():
+		projectHooks = s.selectHooks("delete:project", p.Org, id, false, true)
+	}
+	var evs []Event
+	if s.restOnly() {
+		evs = append(evs, s.deleteEvent("project", id, p.Org, s.projectJSON(p, base), false, s.selectHooks("delete:project", p.Org, id, true, true)))
+	} else {
+		evs = append(evs, s.deleteEvent("project", id, p.Org, s.projectJSON(p, base), false,
+			append(s.selectHooks("delete:project", p.Org, id, true, false), projectHooks...)))
+	}
+	var taskIDs []int64
+	for tid, t := range s.tasks {
+		if t.ProjectID == id {
+			taskIDs = append(taskIDs, tid)
+		}
+	}
+	slices.Sort(taskIDs)
+	if !s.restOnly() {
+		var jobEvs []Event
+		for _, tid := range taskIDs {
+			t := s.tasks[tid]
+			evs = append(evs, s.deleteEvent("task", id, t.Org, s.taskJSON(t, base, true), false, s.selectHooks("delete:task", t.Org, id, true, false)))
+			for _, jid := range s.jobIDs(tid) {
+				jobEvs = append(jobEvs, s.deleteEvent("job", id, t.Org, s.jobJSON(s.jobs[jid], base, true), false, s.selectHooks("delete:job", t.Org, id, true, false)))
+			}
+		}
+		evs = append(evs, jobEvs...)
+	}
+	for _, tid := range taskIDs {
+		s.removeTask(tid)
+	}
+	delete(s.projects, id)
+	for _, hid := range s.hookIDs() {
+		if h := s.hooks[hid]; h.typ == "project" && h.projectID == id {
+			s.dropHook(hid)
+		}
+	}
+	return evs, nil
+}
+
+func (s *Server) jobIDs(taskID int64) []int64 {
+	var ids []int64
+	for jid, j := range s.jobs {
+		if j.TaskID == taskID {
+			ids = append(ids, jid)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// ErrNoTransfer is returned by MoveTask and MoveProject for a release
+// without organization transfer (before 2.44) and by MoveTask for a task in
+// a project, which CVAT refuses ("Only top-level resources can be moved
+// between workspaces", engine/serializers.py TaskWriteSerializer).
+var ErrNoTransfer = errors.New("cvatfake: transfer refused")
+
+// MoveTask does what PATCH /api/tasks/{id} {"organization_id": ...} does
+// from 2.44 for a task outside any project: the task moves to organization
+// org ("" = the personal sandbox). It returns delete:task, selected among
+// the old organization's webhooks, and create:task, among the new one's
+// (signals.py pre_save @2.44.0). The delete carries the task as it was
+// before the move up to 2.72 and as it is after from 2.73. (The update:task
+// of the same save goes to the project's webhooks: a top-level task has
+// none.)
+func (s *Server) MoveTask(id int64, org string) ([]Event, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.tasks[id]
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("cvatfake: no task %d", id)
+	case !s.at(2, 44, 0):
+		return nil, fmt.Errorf("%w: CVAT %s has no organization transfer (2.44+)", ErrNoTransfer, s.opts.Version)
+	case t.ProjectID != 0:
+		return nil, fmt.Errorf("%w: task %d is in project %d: only top-level resources can be moved between workspaces", ErrNoTransfer, id, t.ProjectID)
+	case t.Org == org:
+		return nil, nil
+	}
+	s.org(org)
+	base := s.publicBase()
+	before := s.taskJSON(t, base, s.at(2, 73, 0))
+	oldOrg := t.Org
+	t.Org = org
+	t.UpdatedDate = s.now()
+	after := s.taskJSON(t, base, s.at(2, 73, 0))
+	if s.at(2, 73, 0) {
+		before = after
+	}
+	return []Event{
+		s.deleteEvent("task", 0, oldOrg, before, true, s.selectHooks("delete:task", oldOrg, 0, true, false)),
+		s.createEvent("task", 0, org, after, true, s.selectHooks("create:task", org, 0, true, false)),
+	}, nil
+}
+
+// MoveProject does what PATCH /api/projects/{id} {"organization_id": ...}
+// does from 2.44: the project moves to organization org ("" = the personal
+// sandbox). Its tasks are re-homed by a bulk update (engine/serializers.py
+// update_child_objects_on_organization_update): their organization changes,
+// their updated_date does not, and no task event is fired. The project's
+// webhooks move with it and keep firing. It returns update:project (to the
+// project's webhooks), delete:project (to the old organization's) and
+// create:project (to the new one's); the delete carries the project before
+// the move up to 2.72, after it from 2.73.
+func (s *Server) MoveProject(id int64, org string) ([]Event, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.projects[id]
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("cvatfake: no project %d", id)
+	case !s.at(2, 44, 0):
+		return nil, fmt.Errorf("%w: CVAT %s has no organization transfer (2.44+)", ErrNoTransfer, s.opts.Version)
+	case p.Org == org:
+		return nil, nil
+	}
+	s.org(org)
+	base := s.publicBase()
+	// Selected in pre_save, before anything moves.
+	toUpdate := s.selectHooks("update:project", p.Org, id, false, true)
+	toDelete := s.selectHooks("delete:project", p.Org, id, true, false)
+	toCreate := s.selectHooks("create:project", org, id, true, false)
+	before := s.projectJSON(p, base)
+	oldOrg, oldDate := p.Org, p.UpdatedDate
+	p.Org = org
+	p.UpdatedDate = s.now()
+	for _, t := range s.tasks {
+		if t.ProjectID == id {
+			t.Org = org
+		}
+	}
+	for _, h := range s.hooks {
+		if h.typ == "project" && h.projectID == id {
+			h.org = org
+		}
+	}
+	after := s.projectJSON(p, base)
+	oldOrgID, newOrgID := s.orgIDValue(oldOrg), s.orgIDValue(org)
+	upd, _ := s.updateEvent(update{resource: "project", projectID: id, org: org, obj: after, transfer: true,
+		diff: []fieldChange{{"updated_date", cvatTime(oldDate), cvatTime(p.UpdatedDate)},
+			{"organization", oldOrgID, newOrgID}, {"organization_id", oldOrgID, newOrgID}},
+		model: []fieldChange{{"organization_id", oldOrgID, newOrgID}, {"updated_date", cvatTime(oldDate), cvatTime(p.UpdatedDate)}},
+	}, toUpdate)
+	if s.at(2, 73, 0) {
+		before = after
+	}
+	return []Event{
+		upd,
+		s.deleteEvent("project", id, oldOrg, before, true, toDelete),
+		s.createEvent("project", id, org, after, true, toCreate),
+	}, nil
+}
+
+// orgIDValue is the organization id as JSON (nil for the sandbox).
+func (s *Server) orgIDValue(slug string) any {
+	if id := s.orgID(slug); id != nil {
+		return *id
+	}
+	return nil
 }
 
 // publicBase is the base URL of absolute links in webhook bodies: CVAT
@@ -318,7 +569,7 @@ func (s *Server) taskJSON(t *Task, base string, rest bool) taskJSON {
 		jobs.Count, jobs.Completed, jobs.Validation = n, ptr(done), ptr(int64(0))
 	}
 	org := s.orgID(t.Org)
-	return taskJSON{
+	return taskJSON{shape273: s.at(2, 73, 0),
 		URL: base + "/api/tasks/" + itoa(t.ID), ID: t.ID, Name: t.Name,
 		ProjectID: optID(t.ProjectID), ProjectName: projectName, Mode: t.Mode,
 		Owner: s.user(base), CreatedDate: cvatTime(t.CreatedDate), UpdatedDate: cvatTime(t.UpdatedDate),
@@ -371,14 +622,15 @@ func (s *Server) projectJSON(p *Project, base string) projectJSON {
 	}
 }
 
-// Event is a webhook body CVAT would send for a change.
+// Event is a webhook body CVAT would send.
 type Event struct {
 	Name      string // e.g. "update:task"
-	Body      []byte // exact bytes, for the first registered webhook that receives it (webhook_id 1 when none is registered)
-	ProjectID int64  // scope, used to pick the receiving webhooks
+	Body      []byte // exact bytes, for the first webhook CVAT selected (webhook_id 1 when none was)
+	ProjectID int64  // scope
 	Org       string
 
 	build func(webhookID int64) ordered
+	to    []hookSnap
 }
 
 // For renders the body as sent to webhook webhookID.
@@ -390,21 +642,14 @@ func (e Event) For(webhookID int64) []byte {
 	return b
 }
 
-func (e *Event) render(webhookID int64) { e.Body = e.For(webhookID) }
-
-// updateEvent builds a CVAT >= 2.44 update envelope:
-// {resource, sender, event, before_update, webhook_id}.
-func (s *Server) updateEvent(resource string, projectID int64, org string, obj any, before ordered) Event {
-	name := "update:" + resource
-	sender := s.sender(s.publicBase())
-	ev := Event{Name: name, ProjectID: projectID, Org: org}
-	ev.build = func(webhookID int64) ordered {
-		o := ordered{{resource, obj}, {"sender", sender}, {"event", name}}
-		if len(before) > 0 {
-			o = append(o, pair{"before_update", before})
-		}
-		return append(o, pair{"webhook_id", webhookID})
+// Recipients are the ids of the webhooks CVAT selected for the event when
+// it happened: Dispatch delivers to them.
+func (e Event) Recipients() []int64 {
+	ids := make([]int64, len(e.to))
+	for i, h := range e.to {
+		ids[i] = h.id
 	}
-	ev.render(s.defaultHookID(ev))
-	return ev
+	return ids
 }
+
+func (e *Event) render(webhookID int64) { e.Body = e.For(webhookID) }

@@ -1,13 +1,8 @@
 package cvatfake
 
 import (
-	"bytes"
-	"context"
 	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -31,8 +26,6 @@ type webhook struct {
 	events      []string
 	created     time.Time
 	updated     time.Time
-	lastStatus  int
-	lastDate    time.Time
 }
 
 // Webhook is a webhook registered through the fake's API, as tests see it.
@@ -43,7 +36,7 @@ type Webhook struct {
 	Description string
 	Type        string // project | organization
 	ProjectID   int64
-	Org         string
+	Org         string // 2.3.0: for a project webhook, the organization of the request that created it
 	Events      []string
 	IsActive    bool
 	EnableSSL   bool
@@ -82,67 +75,118 @@ func (s *Server) hookIDs() []int64 {
 	return ids
 }
 
-// receives reports whether h gets event ev.
-func (h *webhook) receives(ev Event) bool {
-	if !h.isActive || !slices.Contains(h.events, ev.Name) {
-		return false
-	}
-	if h.typ == "project" {
-		return ev.ProjectID != 0 && h.projectID == ev.ProjectID
-	}
-	return ev.Org != "" && h.org == ev.Org
+// dropHook deletes webhook id and, by cascade, its deliveries. The caller
+// holds s.mu.
+func (s *Server) dropHook(id int64) {
+	delete(s.hooks, id)
+	s.hk.deliveries = slices.DeleteFunc(s.hk.deliveries, func(d *delivery) bool { return d.webhookID == id })
 }
 
-// defaultHookID picks the webhook_id of Event.Body. The caller holds s.mu.
-func (s *Server) defaultHookID(ev Event) int64 {
-	for _, id := range s.hookIDs() {
-		if s.hooks[id].receives(ev) {
-			return id
+// webhookRoutes registers the webhook API. fake.go's routes calls it.
+func (s *Server) webhookRoutes(m *http.ServeMux) {
+	m.HandleFunc("GET /api/webhooks", s.listWebhooks)
+	m.HandleFunc("POST /api/webhooks", s.createWebhook)
+	m.HandleFunc("GET /api/webhooks/events", s.webhookEvents)
+	m.HandleFunc("GET /api/webhooks/{id}", s.getWebhook)
+	m.HandleFunc("PATCH /api/webhooks/{id}", s.patchWebhook)
+	m.HandleFunc("DELETE /api/webhooks/{id}", s.deleteWebhook)
+	m.HandleFunc("POST /api/webhooks/{id}/ping", s.pingWebhook)
+	m.HandleFunc("GET /api/webhooks/{id}/deliveries", s.listDeliveries)
+	m.HandleFunc("GET /api/webhooks/{id}/deliveries/{delivery_id}", s.getDelivery)
+	m.HandleFunc("POST /api/webhooks/{id}/deliveries/{delivery_id}/redelivery", s.redeliver)
+}
+
+// The event catalogue (webhooks/event_type.py): which events a webhook of
+// each type may subscribe to, by release.
+var (
+	// 2.3–2.4.1: 18 events; project webhooks get task, job (update
+	// only), issue and comment events and update:project.
+	projectEvents23 = []string{
+		"create:comment", "create:issue", "create:task",
+		"delete:comment", "delete:issue", "delete:task",
+		"update:comment", "update:issue", "update:job", "update:project", "update:task",
+	}
+	orgOnlyEvents23 = []string{
+		"create:invitation", "create:project", "delete:invitation", "delete:membership",
+		"delete:project", "update:membership", "update:organization",
+	}
+	// 2.4.2 (#5916) adds create/delete job (both types), delete:project
+	// for project webhooks, create:membership and delete:organization.
+	projectEvents242 = []string{"create:job", "delete:job", "delete:project"}
+	orgEvents242     = []string{"create:job", "delete:job", "create:membership", "delete:organization"}
+	// 2.65 adds export and backup completion events; 2.73 renames them
+	// (only the three export keys are modelled) and drops
+	// delete:organization.
+	events265 = []string{"create:backup", "create:export"}
+	events273 = []string{
+		"completed:request[export:annotations]", "completed:request[export:backup]", "completed:request[export:dataset]",
+	}
+)
+
+// catalogue lists the events webhooks of type typ may have on this release.
+func (s *Server) catalogue(typ string) []string {
+	ev := slices.Clone(projectEvents23)
+	if typ != "project" {
+		ev = append(ev, orgOnlyEvents23...)
+	}
+	if s.at(2, 4, 2) {
+		if typ == "project" {
+			ev = append(ev, projectEvents242...)
+		} else {
+			ev = append(ev, orgEvents242...)
 		}
 	}
-	return 1
+	switch {
+	case s.at(2, 73, 0):
+		ev = append(ev, events273...)
+		ev = slices.DeleteFunc(ev, func(e string) bool { return e == "delete:organization" })
+	case s.at(2, 65, 0):
+		ev = append(ev, events265...)
+	}
+	slices.Sort(ev)
+	return slices.Compact(ev)
 }
 
-var projectEvents = []string{
-	"create:comment", "create:issue", "create:job", "create:task",
-	"delete:comment", "delete:issue", "delete:job", "delete:project", "delete:task",
-	"update:comment", "update:issue", "update:job", "update:project", "update:task",
+// webhookEvents is GET /api/webhooks/events?type=project|organization
+// (views.py events): {"webhook_type", "events"}. 2.73 answers event
+// objects instead; that shape was not read, so the fake keeps the older one.
+func (s *Server) webhookEvents(w http.ResponseWriter, r *http.Request) {
+	typ := r.URL.Query().Get("type")
+	if typ == "" {
+		typ = "all"
+	}
+	var events []string
+	switch typ {
+	case "project", "organization":
+		events = s.catalogue(typ)
+	case "all":
+		events = s.catalogue("organization")
+	default:
+		writeJSON(w, http.StatusBadRequest, "Incorrect value of type parameter")
+		return
+	}
+	writeJSON(w, http.StatusOK, ordered{{"webhook_type", typ}, {"events", events}})
 }
 
-var orgEvents = append(slices.Clone(projectEvents),
-	"create:invitation", "create:membership", "create:project", "delete:invitation",
-	"delete:membership", "delete:organization", "update:membership", "update:organization")
-
-type webhookJSON struct {
-	ID               int64     `json:"id"`
-	URL              string    `json:"url"`
-	TargetURL        string    `json:"target_url"`
-	Description      string    `json:"description"`
-	Type             string    `json:"type"`
-	ContentType      string    `json:"content_type"`
-	IsActive         bool      `json:"is_active"`
-	EnableSSL        bool      `json:"enable_ssl"`
-	CreatedDate      string    `json:"created_date"`
-	UpdatedDate      string    `json:"updated_date"`
-	Owner            *userJSON `json:"owner"`
-	ProjectID        *int64    `json:"project_id"`
-	Organization     *int64    `json:"organization"`
-	Events           []string  `json:"events"`
-	LastStatus       *int      `json:"last_status,omitempty"`
-	LastDeliveryDate *string   `json:"last_delivery_date,omitempty"`
-}
-
-func (s *Server) webhookJSON(h *webhook, base string) webhookJSON {
+// webhookJSON is WebhookReadSerializer. 2.3.0 names the project field
+// `project` (a plain model field); 2.4.0 adds `project_id`. last_status and
+// last_delivery_date come from the webhook's last delivery and are absent
+// without one. The caller holds s.mu.
+func (s *Server) webhookJSON(h *webhook, base string) ordered {
 	ev := slices.Clone(h.events)
 	slices.Sort(ev)
-	w := webhookJSON{ID: h.id, URL: base + "/api/webhooks/" + itoa(h.id), TargetURL: h.targetURL,
-		Description: h.description, Type: h.typ, ContentType: h.contentType, IsActive: h.isActive,
-		EnableSSL: h.enableSSL, CreatedDate: cvatTime(h.created), UpdatedDate: cvatTime(h.updated),
-		Owner: ptr(s.user(base)), ProjectID: optID(h.projectID), Organization: s.orgID(h.org), Events: ev}
-	if !h.lastDate.IsZero() {
-		w.LastStatus, w.LastDeliveryDate = ptr(h.lastStatus), ptr(cvatTime(h.lastDate))
+	projectKey := "project_id"
+	if !s.at(2, 4, 0) {
+		projectKey = "project"
 	}
-	return w
+	o := ordered{{"id", h.id}, {"url", base + "/api/webhooks/" + itoa(h.id)}, {"target_url", h.targetURL},
+		{"description", h.description}, {"type", h.typ}, {"content_type", h.contentType}, {"is_active", h.isActive},
+		{"enable_ssl", h.enableSSL}, {"created_date", cvatTime(h.created)}, {"updated_date", cvatTime(h.updated)},
+		{"owner", s.user(base)}, {projectKey, optID(h.projectID)}, {"organization", s.orgID(h.org)}, {"events", ev}}
+	if d := s.lastDelivery(h.id); d != nil {
+		o = append(o, pair{"last_status", d.statusJSON()}, pair{"last_delivery_date", cvatTime(d.updated)})
+	}
+	return o
 }
 
 // webhookWrite is WebhookWriteRequest / PatchedWebhookWriteRequest.
@@ -198,13 +242,21 @@ func (s *Server) applyWrite(w http.ResponseWriter, h *webhook, in webhookWrite) 
 		h.enableSSL = *in.EnableSSL
 	}
 	if in.Events != nil {
-		allowed := projectEvents
-		if h.typ == "organization" {
-			allowed = orgEvents
+		// The field (a MultipleChoiceField over the release's events)
+		// fails first, on an event it does not know; then
+		// EventTypeValidator, on one the webhook's type may not have
+		// (webhooks/serializers.py @2.3.0–@2.73.0).
+		known := s.catalogue("organization") // every project event is one too
+		allowed := s.catalogue(h.typ)
+		for _, e := range *in.Events {
+			if !slices.Contains(known, e) {
+				badRequest(w, "events", fmt.Sprintf("%q is not a valid choice.", e))
+				return false
+			}
 		}
 		for _, e := range *in.Events {
 			if !slices.Contains(allowed, e) {
-				badRequest(w, "events", fmt.Sprintf("Events must be in %v for %s webhooks", allowed, h.typ))
+				badRequest(w, "non_field_errors", "Invalid events list for "+h.typ+" webhook")
 				return false
 			}
 		}
@@ -221,8 +273,8 @@ func (s *Server) createWebhook(w http.ResponseWriter, r *http.Request) {
 		badRequest(w, "non_field_errors", "Invalid data: "+err.Error())
 		return
 	}
-	for field, missing := range map[string]bool{"target_url": in.TargetURL == nil, "type": in.Type == nil, "events": in.Events == nil} {
-		if missing {
+	for _, field := range []string{"target_url", "type", "events"} {
+		if (field == "target_url" && in.TargetURL == nil) || (field == "type" && in.Type == nil) || (field == "events" && in.Events == nil) {
 			badRequest(w, field, "This field is required.")
 			return
 		}
@@ -243,6 +295,11 @@ func (s *Server) createWebhook(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		h.projectID, h.org = p.ID, p.Org
+		if !s.at(2, 4, 0) {
+			// 2.3.0 views.py perform_create: the organization of the
+			// request, not the project's (2.4.0 takes the project's).
+			h.org = org
+		}
 	case "organization":
 		if org == "" {
 			badRequest(w, "organization_id", "Organization webhooks need an organization context")
@@ -265,6 +322,7 @@ func (s *Server) createWebhook(w http.ResponseWriter, r *http.Request) {
 }
 
 // visibleHook finds webhook {id} in the request's organization context.
+// The caller holds s.mu.
 func (s *Server) visibleHook(w http.ResponseWriter, r *http.Request) *webhook {
 	id, ok := pathID(r)
 	h := s.hooks[id]
@@ -312,21 +370,27 @@ func (s *Server) deleteWebhook(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if h := s.visibleHook(w, r); h != nil {
-		delete(s.hooks, h.id)
+		s.dropHook(h.id)
 		w.WriteHeader(http.StatusNoContent)
 	}
 }
 
+// listWebhooks answers GET /api/webhooks in the request's organization
+// context. The simple filters (target_url, type, project_id) exist from
+// 2.4.0; 2.3.0 ignores them and lists everything.
 func (s *Server) listWebhooks(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	filters := s.at(2, 4, 0)
 	s.mu.Lock()
 	var items []any
 	for _, id := range s.hookIDs() {
 		h := s.hooks[id]
-		if h.org != r.Header.Get("X-Organization") ||
-			(q.Has("target_url") && h.targetURL != q.Get("target_url")) ||
+		if h.org != r.Header.Get("X-Organization") {
+			continue
+		}
+		if filters && ((q.Has("target_url") && h.targetURL != q.Get("target_url")) ||
 			(q.Has("type") && h.typ != q.Get("type")) ||
-			(q.Has("project_id") && itoa(h.projectID) != q.Get("project_id")) {
+			(q.Has("project_id") && itoa(h.projectID) != q.Get("project_id"))) {
 			continue
 		}
 		items = append(items, s.webhookJSON(h, s.base(r)))
@@ -338,21 +402,10 @@ func (s *Server) listWebhooks(w http.ResponseWriter, r *http.Request) {
 	s.paginate(w, r, items)
 }
 
-type deliveryJSON struct {
-	ID            int64           `json:"id"`
-	WebhookID     int64           `json:"webhook_id"`
-	Event         string          `json:"event"`
-	StatusCode    *int            `json:"status_code"`
-	Redelivery    bool            `json:"redelivery"`
-	CreatedDate   string          `json:"created_date"`
-	UpdatedDate   string          `json:"updated_date"`
-	ChangedFields string          `json:"changed_fields"`
-	Request       json.RawMessage `json:"request"`
-	Response      string          `json:"response"`
-}
-
-// pingWebhook delivers a signed ping synchronously, as CVAT's API process
-// does, and answers the delivery record.
+// pingWebhook is POST /api/webhooks/{id}/ping. From 2.4.2 the API process
+// sends the ping itself and answers that attempt's delivery; 2.3–2.4.1
+// queue it like any event: the answer is the queued delivery (status_code
+// null, response ""), and the worker sends it afterwards.
 func (s *Server) pingWebhook(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	h := s.visibleHook(w, r)
@@ -361,103 +414,27 @@ func (s *Server) pingWebhook(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	base := s.base(r)
-	body, err := pyJSON(ordered{{"event", "ping"}, {"webhook", s.webhookJSON(h, base)}, {"sender", s.sender(base)}})
-	target, secret, id := h.targetURL, h.secret, h.id
-	s.mu.Unlock()
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
+	a := newAttempt(h.snap(), s.pingBody(h, base))
+	if s.restOnly() {
+		a.queued = s.queue(a)
+		d := s.deliveryJSON(a.queued, false)
+		s.mu.Unlock()
+		writeJSON(w, http.StatusOK, d)
+		s.afterAnswer(w, r, a)
 		return
 	}
-
-	res, derr := s.Deliver(r.Context(), target, secret, body)
-	status := res.StatusCode
-	if derr != nil {
-		status = http.StatusBadGateway // CVAT records connection errors as 502 (timeouts 504)
-		if errors.Is(derr, context.DeadlineExceeded) {
-			status = http.StatusGatewayTimeout
-		}
-	}
-	s.mu.Lock()
-	s.nextDel++
-	now := s.now()
-	if h, ok := s.hooks[id]; ok {
-		h.lastStatus, h.lastDate = status, now
-	}
-	d := deliveryJSON{ID: s.nextDel, WebhookID: id, Event: "ping", StatusCode: ptr(status),
-		CreatedDate: cvatTime(now), UpdatedDate: cvatTime(now), Request: body, Response: res.Body}
 	s.mu.Unlock()
+	sent := s.send(r.Context(), a)
+	s.mu.Lock()
+	var d ordered
+	if sent.row != nil {
+		d = s.deliveryJSON(sent.row, false)
+	}
+	s.mu.Unlock()
+	if d == nil {
+		// The receiver's answer was not UTF-8: the API process fails.
+		http.Error(w, "<h1>Server Error (500)</h1>", http.StatusInternalServerError)
+		return
+	}
 	writeJSON(w, http.StatusOK, d)
-}
-
-// DeliveryResult is the receiver's answer to a delivery.
-type DeliveryResult struct {
-	StatusCode int
-	Body       string // at most 1 MiB, as CVAT stores it
-}
-
-// Deliver POSTs body to targetURL as CVAT's webhook worker does:
-// Content-Type application/json, User-Agent "CVAT/<version>
-// python-requests/2.32.4", and X-Signature-256 "sha256=<hex HMAC-SHA256>"
-// only when secret is set; 10 s timeout, no retry. An error means no answer
-// (CVAT would record 502, or 504 on a timeout).
-func (s *Server) Deliver(ctx context.Context, targetURL, secret string, body []byte) (DeliveryResult, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, targetURL, bytes.NewReader(body))
-	if err != nil {
-		return DeliveryResult{}, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "*/*")
-	req.Header.Set("User-Agent", "CVAT/"+s.opts.Version+" python-requests/2.32.4")
-	if secret != "" {
-		m := hmac.New(sha256.New, []byte(secret))
-		m.Write(body)
-		req.Header.Set("X-Signature-256", "sha256="+hex.EncodeToString(m.Sum(nil)))
-	}
-	// No keep-alive: a delivery leaves no idle connection (or goroutine)
-	// behind in the test process.
-	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return DeliveryResult{}, err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	return DeliveryResult{StatusCode: resp.StatusCode, Body: string(b)}, nil
-}
-
-// Sent is one delivery made by Dispatch.
-type Sent struct {
-	WebhookID int64
-	Event     string
-	Result    DeliveryResult
-	Err       error
-}
-
-// Dispatch delivers each event to every registered active webhook that
-// receives it (its scope and event list), signed with that webhook's secret,
-// one after another like CVAT's single webhook worker.
-func (s *Server) Dispatch(ctx context.Context, events ...Event) []Sent {
-	type job struct {
-		id             int64
-		target, secret string
-		ev             Event
-	}
-	var jobs []job
-	s.mu.Lock()
-	for _, ev := range events {
-		for _, id := range s.hookIDs() {
-			if h := s.hooks[id]; h.receives(ev) {
-				jobs = append(jobs, job{id, h.targetURL, h.secret, ev})
-			}
-		}
-	}
-	s.mu.Unlock()
-	var out []Sent
-	for _, j := range jobs {
-		res, err := s.Deliver(ctx, j.target, j.secret, j.ev.For(j.id))
-		out = append(out, Sent{WebhookID: j.id, Event: j.ev.Name, Result: res, Err: err})
-	}
-	return out
 }

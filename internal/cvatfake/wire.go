@@ -2,8 +2,10 @@ package cvatfake
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -33,6 +35,8 @@ type taskJobsJSON struct {
 }
 
 type taskJSON struct {
+	shape273 bool // 2.73.0+: media_type added, mode moved after dimension
+
 	URL                     string       `json:"url"`
 	ID                      int64        `json:"id"`
 	Name                    string       `json:"name"`
@@ -66,6 +70,33 @@ type taskJSON struct {
 	AssigneeUpdatedDate     *string      `json:"assignee_updated_date"`
 	ValidationMode          *string      `json:"validation_mode"`
 	ConsensusEnabled        bool         `json:"consensus_enabled"`
+}
+
+// MarshalJSON renders the task in its release's field order: 2.73.0's
+// serializer adds media_type and moves mode after dimension
+// (payloads/v2.73.0/update_task.json).
+func (t taskJSON) MarshalJSON() ([]byte, error) {
+	type plain taskJSON
+	b, err := marshal(plain(t))
+	if err != nil || !t.shape273 {
+		return b, err
+	}
+	v, err := parseOrdered(b)
+	if err != nil {
+		return nil, err
+	}
+	in := v.(ordered)
+	out := make(ordered, 0, len(in)+1)
+	for _, p := range in {
+		switch p.k {
+		case "mode":
+		case "dimension":
+			out = append(out, p, pair{"mode", t.Mode}, pair{"media_type", "image"})
+		default:
+			out = append(out, p)
+		}
+	}
+	return marshal(out)
 }
 
 type issuesJSON struct {
@@ -162,6 +193,90 @@ func (o ordered) MarshalJSON() ([]byte, error) {
 	}
 	b.WriteByte('}')
 	return b.Bytes(), nil
+}
+
+// decodeOrdered parses JSON keeping key order (objects become ordered,
+// numbers json.Number), so re-encoding reproduces the input's structure.
+func decodeOrdered(dec *json.Decoder) (any, error) {
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, err
+	}
+	d, ok := tok.(json.Delim)
+	if !ok {
+		return tok, nil
+	}
+	if d == '[' {
+		arr := []any{}
+		for dec.More() {
+			v, err := decodeOrdered(dec)
+			if err != nil {
+				return nil, err
+			}
+			arr = append(arr, v)
+		}
+		_, err := dec.Token()
+		return arr, err
+	}
+	obj := ordered{}
+	for dec.More() {
+		k, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		v, err := decodeOrdered(dec)
+		if err != nil {
+			return nil, err
+		}
+		obj = append(obj, pair{k.(string), v})
+	}
+	_, err = dec.Token()
+	return obj, err
+}
+
+// parseOrdered decodes one JSON value with decodeOrdered.
+func parseOrdered(b []byte) (any, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	return decodeOrdered(dec)
+}
+
+// jsonbOrder returns v with every object's keys in PostgreSQL jsonb order:
+// shorter keys first, keys of one length bytewise. CVAT keeps a delivery's
+// request in a jsonb column, so that is the order it reads it back in (the
+// deliveries API, and the body of a redelivery).
+func jsonbOrder(v any) any {
+	switch x := v.(type) {
+	case ordered:
+		out := make(ordered, len(x))
+		for i, p := range x {
+			out[i] = pair{p.k, jsonbOrder(p.v)}
+		}
+		slices.SortStableFunc(out, func(a, b pair) int {
+			if c := cmp.Compare(len(a.k), len(b.k)); c != 0 {
+				return c
+			}
+			return cmp.Compare(a.k, b.k)
+		})
+		return out
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = jsonbOrder(e)
+		}
+		return out
+	}
+	return v
+}
+
+// get returns the value of key k, or nil.
+func (o ordered) get(k string) any {
+	for _, p := range o {
+		if p.k == k {
+			return p.v
+		}
+	}
+	return nil
 }
 
 func marshal(v any) ([]byte, error) {

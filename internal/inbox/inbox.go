@@ -1,7 +1,13 @@
-// Package inbox is cvat-sync's work queue on Pub/Sub. The ingress enqueues a
-// small work item per task-relevant webhook delivery (never the whole body);
-// the worker receives them. Items of one task share the ordering key
-// "task-<id>", so one task's events go to one subscriber in order.
+// Package inbox is cvat-sync's work queue on Pub/Sub. It owns the queue's
+// wire format (Item, version 1), publishing (Queue), receiving and decoding
+// (Receiver), the dead-letter topic (DeadLetters), and the settings of the
+// subscription and of its leases, with the timing invariants between them
+// checked here rather than held by comments.
+//
+// The ingress enqueues a small item per task-relevant webhook delivery
+// (never the whole body); convergence passes enqueue the tasks they find
+// behind. Items of one task share the ordering key task.OrderingKey, so one
+// task's work goes to one worker at a time, in order.
 package inbox
 
 import (
@@ -16,23 +22,29 @@ import (
 	"cloud.google.com/go/pubsub/v2"
 
 	"github.com/cvat-sync/cvat-sync/internal/event"
+	"github.com/cvat-sync/cvat-sync/internal/task"
 )
 
-// Version is the wire version of Item, carried in the "v" attribute.
+// Version is the wire version of Item, carried in the "v" attribute. The
+// wire format is a frozen contract between replicas of different releases
+// during a rolling upgrade: add optional fields, never change or remove one.
 const Version = "1"
 
-// Item is one unit of work: "something happened to this task (or project)".
+// Item is the wire form (version 1) of one unit of work: "something happened
+// to this task (or project)".
 type Item struct {
-	Event          string    `json:"event"`
-	Resource       string    `json:"resource"`
-	Action         string    `json:"action"`
-	TaskID         int64     `json:"task_id,omitempty"`
-	JobID          int64     `json:"job_id,omitempty"`
-	ProjectID      int64     `json:"project_id,omitempty"`
-	OrganizationID int64     `json:"organization_id,omitempty"`
-	WebhookID      int64     `json:"webhook_id,omitempty"`
-	Sender         string    `json:"sender,omitempty"`
-	Status         string    `json:"status,omitempty"`
+	Event          string `json:"event"`
+	Resource       string `json:"resource"`
+	Action         string `json:"action"`
+	TaskID         int64  `json:"task_id,omitempty"`
+	JobID          int64  `json:"job_id,omitempty"`
+	ProjectID      int64  `json:"project_id,omitempty"`
+	OrganizationID int64  `json:"organization_id,omitempty"`
+	WebhookID      int64  `json:"webhook_id,omitempty"`
+	Sender         string `json:"sender,omitempty"`
+	Status         string `json:"status,omitempty"`
+	// PreviousStatus was read by releases that decided the completed policy
+	// from before_update; it is no longer written.
 	PreviousStatus string    `json:"previous_status,omitempty"`
 	UpdatedDate    time.Time `json:"updated_date,omitzero"`
 	// TaskName is set for deletions, whose task can no longer be read from CVAT.
@@ -48,8 +60,8 @@ func FromEnvelope(e event.Envelope, receivedAt time.Time, requestID string) Item
 	it := Item{
 		Event: e.Event, Resource: e.Resource, Action: e.Action,
 		TaskID: e.TaskID, JobID: e.JobID, ProjectID: e.ProjectID, OrganizationID: e.OrganizationID,
-		WebhookID: e.WebhookID, Sender: e.Sender, Status: e.Status, PreviousStatus: e.PreviousStatus,
-		UpdatedDate: e.UpdatedDate, ReceivedAt: receivedAt.UTC(), Source: "webhook", RequestID: requestID,
+		WebhookID: e.WebhookID, Sender: e.Sender, Status: e.Status,
+		UpdatedDate: e.UpdatedDate, ReceivedAt: receivedAt.UTC(), Source: string(task.SourceWebhook), RequestID: requestID,
 	}
 	if e.Resource == event.ResourceTask && e.Action == "delete" {
 		it.TaskName = taskName(e.Raw)
@@ -67,17 +79,28 @@ func taskName(raw []byte) string {
 	return b.Task.Name
 }
 
-// OrderingKey is "task-<id>" for items about a task, "project-<id>" for
-// project-level items, and empty otherwise.
-func (it Item) OrderingKey() string {
-	switch {
-	case it.TaskID != 0:
-		return "task-" + strconv.FormatInt(it.TaskID, 10)
-	case it.ProjectID != 0:
-		return "project-" + strconv.FormatInt(it.ProjectID, 10)
+// ItemOf is the wire form of a domain event.
+func ItemOf(e task.Event) Item {
+	return Item{
+		Event: e.Name, Resource: string(e.Resource), Action: string(e.Action),
+		TaskID: e.TaskID, JobID: e.JobID, ProjectID: e.ProjectID, OrganizationID: e.OrganizationID,
+		WebhookID: e.WebhookID, Sender: e.Sender, Status: e.Status, UpdatedDate: e.UpdatedDate,
+		TaskName: e.TaskName, ReceivedAt: e.ReceivedAt.UTC(), Source: string(e.Source), RequestID: e.RequestID,
 	}
-	return ""
 }
+
+// TaskEvent is the domain event an item carries.
+func (it Item) TaskEvent() task.Event {
+	return task.Event{
+		Name: it.Event, Resource: task.Resource(it.Resource), Action: task.Action(it.Action),
+		TaskID: it.TaskID, JobID: it.JobID, ProjectID: it.ProjectID, OrganizationID: it.OrganizationID,
+		WebhookID: it.WebhookID, Sender: it.Sender, Status: it.Status, UpdatedDate: it.UpdatedDate,
+		TaskName: it.TaskName, ReceivedAt: it.ReceivedAt, Source: task.Source(it.Source), RequestID: it.RequestID,
+	}
+}
+
+// OrderingKey is the item's ordering key (see task.Event.Key).
+func (it Item) OrderingKey() string { return it.TaskEvent().Key() }
 
 // Message encodes it as a Pub/Sub message.
 func (it Item) Message() (*pubsub.Message, error) {
@@ -126,9 +149,12 @@ type Queue struct {
 
 // NewQueue returns a Queue publishing with p. It turns on message ordering
 // and a short batching delay, since every enqueue is waited for by a webhook
-// request, and gives up on a publish after timeout (CVAT waits 10 s for an
-// answer, so longer is pointless; it also bounds how long Stop can take).
+// request, and gives up on a publish after timeout (PublishTimeout when 0 or
+// less; a longer one is cut to it, see PublishTimeout).
 func NewQueue(p *pubsub.Publisher, timeout time.Duration) *Queue {
+	if timeout <= 0 || timeout > PublishTimeout {
+		timeout = PublishTimeout
+	}
 	p.EnableMessageOrdering = true
 	p.PublishSettings.DelayThreshold = time.Millisecond
 	p.PublishSettings.Timeout = timeout
@@ -152,6 +178,11 @@ func (q *Queue) Enqueue(ctx context.Context, it Item) error {
 	return nil
 }
 
+// EnqueueEvent enqueues a domain event.
+func (q *Queue) EnqueueEvent(ctx context.Context, e task.Event) error {
+	return q.Enqueue(ctx, ItemOf(e))
+}
+
 // Stop flushes pending publishes and stops the publisher.
 func (q *Queue) Stop() { q.pub.Stop() }
 
@@ -163,7 +194,9 @@ func orDefault(s, d string) string {
 }
 
 // DeadLetters publishes work that was given up on to the dead-letter topic,
-// with the reason, so an operator can see why and replay it.
+// with the reason, so an operator can see why. Since convergence retries
+// every state that is behind, a dead letter is a record of trouble, not a
+// loss.
 type DeadLetters struct {
 	pub *pubsub.Publisher
 }

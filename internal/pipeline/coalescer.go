@@ -4,9 +4,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/cvat-sync/cvat-sync/internal/event"
-	"github.com/cvat-sync/cvat-sync/internal/inbox"
-	"github.com/cvat-sync/cvat-sync/internal/sink"
+	"github.com/cvat-sync/cvat-sync/internal/task"
 )
 
 // Ackable is an inbox message the coalescer holds until its work is done.
@@ -25,10 +23,12 @@ type batch struct {
 	last      time.Time // when the latest arrived
 	msgs      []Ackable
 	events    int
-	trig      Trigger
-	deleted   *inbox.Item // a delete:task seen
+	trig      task.Trigger
+	latest    task.Event // the latest event of the batch (the most specific cause)
+	deletion  bool       // a delete event came: the sync checks whether the task (project) is gone
 	running   bool
-	attempts  int
+	attempts  int       // attempts spent (failures that were not outages)
+	heldSince time.Time // first postponement for an outage of the current run; zero when none
 	notBefore time.Time // retry backoff
 	next      *batch    // events that arrived while running
 }
@@ -68,13 +68,16 @@ func newCoalescer(debounce, maxWait time.Duration) *coalescer {
 
 // add folds an item (and its message) into the batch of its key. It returns
 // false, having acked m, when a completed run already covers the item.
-func (c *coalescer) add(it inbox.Item, m Ackable, now time.Time) bool {
-	key := it.OrderingKey()
+func (c *coalescer) add(it task.Event, m Ackable, now time.Time) bool {
+	key := it.Key()
 	if it.TaskID != 0 && it.ProjectID != 0 {
 		c.taskSeen[it.ProjectID] = now
 	}
-	isDelete := it.Action == "delete"
-	if at, ok := c.covered[key]; ok && !isDelete && !it.ReceivedAt.IsZero() && it.ReceivedAt.Add(coveredMargin).Before(at) {
+	// A task's sync reads CVAT's current state, so one that started after
+	// an event was received saw its change, deletions included. A project's
+	// deletion is checked by a run of its own.
+	isProjectDelete := it.IsDeletion() && it.TaskID == 0
+	if at, ok := c.covered[key]; ok && !isProjectDelete && !it.ReceivedAt.IsZero() && it.ReceivedAt.Add(coveredMargin).Before(at) {
 		if m != nil {
 			m.Ack()
 		}
@@ -102,7 +105,7 @@ func (c *coalescer) tasksSeenSince(project int64, t time.Time) bool {
 	return ok && !seen.Before(t)
 }
 
-func (b *batch) fold(it inbox.Item, m Ackable, now time.Time) {
+func (b *batch) fold(it task.Event, m Ackable, now time.Time) {
 	if m != nil {
 		b.msgs = append(b.msgs, m)
 	}
@@ -111,16 +114,14 @@ func (b *batch) fold(it inbox.Item, m Ackable, now time.Time) {
 	if b.projectID == 0 {
 		b.projectID = it.ProjectID
 	}
-	if it.Resource == event.ResourceTask && it.Action == "delete" {
-		d := it
-		b.deleted = &d
+	if it.IsDeletion() {
+		b.deletion = true
 	}
 	// The notice names the latest task-level cause; a project event only
 	// when nothing more specific came.
-	if b.trig.Event == "" || it.Resource != event.ResourceProject {
-		b.trig = Trigger{Event: it.Event, Sender: it.Sender}
-		b.trig.WebhookID = sink.NullID(it.WebhookID)
-		b.trig.JobID = sink.NullID(it.JobID)
+	if b.trig.Event == "" || it.Resource != task.ResourceProject {
+		b.trig = task.TriggerOf(it)
+		b.latest = it
 	}
 	b.trig.Coalesced = b.events
 }
@@ -153,16 +154,34 @@ func (c *coalescer) due(now time.Time, limit int) []*batch {
 	return ready
 }
 
-// postpone puts b back to wait until t without counting an attempt: its task
-// is still busy in CVAT.
+// The transitions of a batch after a run. Each is called with the batch
+// running; the worker serialises them.
+
+// succeeded ends a run that started at started: b's messages are acked,
+// later items received before started are covered, and the events that
+// arrived meanwhile become the pending batch.
+func (c *coalescer) succeeded(b *batch, started time.Time) { c.finish(b, true, time.Time{}, started) }
+
+// retry puts b back to run again at t, the attempt spent.
+func (c *coalescer) retry(b *batch, t time.Time) {
+	b.heldSince = time.Time{}
+	c.finish(b, false, t, time.Time{})
+}
+
+// postpone puts b back to run again at t without spending an attempt: its
+// task is still changing, or a dependency did not answer.
 func (c *coalescer) postpone(b *batch, t time.Time) {
 	b.attempts--
 	c.finish(b, false, t, time.Time{})
 }
 
-// finish ends a run of b that started at started: on success its messages
-// are acked, later items received before started are covered, and the events
-// that arrived meanwhile become the pending batch; on failure b waits until
+// giveUp drops b and acks its messages: the worker stops trying, and
+// convergence takes the state over (it is recorded as failing, or found
+// behind by the next pass). The events that arrived meanwhile stay pending.
+func (c *coalescer) giveUp(b *batch) { c.finish(b, true, time.Time{}, time.Time{}) }
+
+// finish ends a run of b: on success its messages are acked and the events
+// that arrived meanwhile become the pending batch; otherwise b waits until
 // retryAt and absorbs them.
 func (c *coalescer) finish(b *batch, ok bool, retryAt, started time.Time) {
 	b.running = false
@@ -185,19 +204,11 @@ func (c *coalescer) finish(b *batch, ok bool, retryAt, started time.Time) {
 		b.msgs = append(b.msgs, n.msgs...)
 		b.events += n.events
 		b.last = n.last
-		if n.deleted != nil {
-			b.deleted = n.deleted
-		}
-		b.trig = n.trig
+		b.deletion = b.deletion || n.deletion
+		b.trig, b.latest = n.trig, n.latest
 		b.trig.Coalesced = b.events
 		b.next = nil
 	}
-}
-
-// drop removes b (given up, or handed to the dead-letter topic) and acks its
-// messages; the events that arrived meanwhile stay pending.
-func (c *coalescer) drop(b *batch) {
-	c.finish(b, true, time.Time{}, time.Time{})
 }
 
 // prune forgets coverage and task sightings older than horizon.

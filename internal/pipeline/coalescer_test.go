@@ -6,7 +6,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/cvat-sync/cvat-sync/internal/inbox"
+	"github.com/cvat-sync/cvat-sync/internal/task"
 )
 
 // msg records how a held message was settled.
@@ -17,17 +17,20 @@ func (m *msg) Nack() { m.nacked++ }
 
 var t0 = time.Date(2026, 5, 4, 9, 0, 0, 0, time.UTC)
 
-func item(event string, task, job, project int64) inbox.Item {
-	res, act := "task", "update"
+func item(event string, taskID, job, project int64) task.Event {
+	res, act := task.ResourceTask, task.ActionUpdate
 	switch event {
 	case "update:job":
-		res = "job"
+		res = task.ResourceJob
 	case "update:project":
-		res = "project"
+		res = task.ResourceProject
 	case "delete:task":
-		act = "delete"
+		act = task.ActionDelete
+	case "delete:project":
+		res, act = task.ResourceProject, task.ActionDelete
 	}
-	return inbox.Item{Event: event, Resource: res, Action: act, TaskID: task, JobID: job, ProjectID: project, Source: "webhook", Sender: "user7", WebhookID: 2}
+	return task.Event{Name: event, Resource: res, Action: act, TaskID: taskID, JobID: job, ProjectID: project,
+		Source: task.SourceWebhook, Sender: "user7", WebhookID: 2}
 }
 
 func keys(bs []*batch) []string {
@@ -53,14 +56,14 @@ func TestCoalesceOneSave(t *testing.T) {
 	if diff := cmp.Diff([]string{"project-1", "task-9"}, keys(due)); diff != "" {
 		t.Fatalf("due (-want +got):\n%s", diff)
 	}
-	task := due[1]
-	if task.events != 2 || task.trig.Event != "update:task" || task.trig.Coalesced != 2 || task.trig.JobID != 0 {
-		t.Errorf("task batch: events %d trigger %+v", task.events, task.trig)
+	tb := due[1]
+	if tb.events != 2 || tb.trig.Event != "update:task" || tb.trig.Coalesced != 2 || tb.trig.JobID != 0 {
+		t.Errorf("task batch: events %d trigger %+v", tb.events, tb.trig)
 	}
 	if !c.tasksSeenSince(1, t0) {
 		t.Error("project 1 not told its task's events cover it")
 	}
-	c.finish(task, true, time.Time{}, time.Time{})
+	c.finish(tb, true, time.Time{}, time.Time{})
 	c.finish(due[0], true, time.Time{}, time.Time{})
 	for i, m := range ms {
 		if m.acked != 1 || m.nacked != 0 {
@@ -126,7 +129,7 @@ func TestCoalesceEventsDuringExportAndRetry(t *testing.T) {
 	}
 	c.add(item("delete:task", 9, 0, 1), d, t0.Add(16*time.Second))
 	run = c.due(t0.Add(21*time.Second), 10)
-	if len(run) != 1 || run[0].attempts != 2 || run[0].deleted == nil || run[0].events != 3 {
+	if len(run) != 1 || run[0].attempts != 2 || !run[0].deletion || run[0].events != 3 {
 		t.Fatalf("retry batch: %+v", run)
 	}
 	c.finish(run[0], true, time.Time{}, time.Time{})
@@ -190,7 +193,7 @@ func TestCovered(t *testing.T) {
 		{"received long before the run", "update:task", t0.Add(time.Second), false},
 		{"received within the margin", "update:task", t0.Add(4900 * time.Millisecond), true},
 		{"received after the run started", "update:job", t0.Add(6 * time.Second), true},
-		{"deletion is never covered", "delete:task", t0.Add(time.Second), true},
+		{"a task's deletion is covered too: the sync read CVAT", "delete:task", t0.Add(time.Second), false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -205,6 +208,13 @@ func TestCovered(t *testing.T) {
 			}
 			delete(c.batches, "task-9")
 		})
+	}
+	// A project's deletion is checked by a run of its own, whatever ran.
+	pd := item("delete:project", 0, 0, 1)
+	pd.ReceivedAt = t0
+	c.covered["project-1"] = t0.Add(5 * time.Second)
+	if !c.add(pd, &msg{}, t0.Add(7*time.Second)) {
+		t.Error("a project deletion was taken as covered")
 	}
 	c.prune(t0.Add(time.Hour))
 	if len(c.covered) != 0 {

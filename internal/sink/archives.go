@@ -18,6 +18,7 @@ import (
 	"cloud.google.com/go/storage"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/api/googleapi"
+	"google.golang.org/api/iterator"
 )
 
 // ContentType is the media type of every archive the sink writes: CVAT's
@@ -72,17 +73,25 @@ func (k Key) validate() error {
 // digits, so the name is readable for CVAT's formats and safe for any string.
 func ObjectName(prefix string, k Key) string {
 	var b strings.Builder
+	b.WriteString(TaskPrefix(prefix, k.TaskID))
+	b.WriteString(formatUpdated(k.UpdatedDate))
+	b.WriteByte('/')
+	b.WriteString(escapeFormat(k.Format))
+	b.WriteString(".zip")
+	return b.String()
+}
+
+// TaskPrefix is the prefix of every archive of task id under prefix:
+// <prefix>/tasks/<task id>/.
+func TaskPrefix(prefix string, id int64) string {
+	var b strings.Builder
 	if p := strings.Trim(prefix, "/"); p != "" {
 		b.WriteString(p)
 		b.WriteByte('/')
 	}
 	b.WriteString("tasks/")
-	b.WriteString(strconv.FormatInt(k.TaskID, 10))
+	b.WriteString(strconv.FormatInt(id, 10))
 	b.WriteByte('/')
-	b.WriteString(formatUpdated(k.UpdatedDate))
-	b.WriteByte('/')
-	b.WriteString(escapeFormat(k.Format))
-	b.WriteString(".zip")
 	return b.String()
 }
 
@@ -133,10 +142,6 @@ type Object struct {
 	CRC32C     uint32
 	MD5        []byte
 	Created    bool // false: the object already existed (same state exported before)
-	// Published reports that MarkPublished recorded the object's notice as
-	// sent (Stat and Put of an existing object read it): an object that
-	// exists but is not Published still needs its notice.
-	Published bool
 }
 
 func objectFromAttrs(a *storage.ObjectAttrs, created bool) Object {
@@ -172,43 +177,57 @@ type Archives struct {
 	m         *archiveMetrics
 }
 
-// ArchivesOption adjusts an Archives.
-type ArchivesOption func(*Archives)
-
-// WithChunkSize sets the upload chunk size (rounded up to 256 KiB by the
-// client): the memory one Put holds, and the size above which an upload is
-// resumable rather than a single request. Values below 1 are ignored.
-func WithChunkSize(n int) ArchivesOption {
-	return func(a *Archives) {
-		if n > 0 {
-			a.chunkSize = n
-		}
-	}
+// ArchivesConfig configures Archives.
+type ArchivesConfig struct {
+	Client *storage.Client
+	Bucket string
+	Prefix string // archives go under gs://Bucket/Prefix/tasks/
+	// ChunkSize is the upload buffer (rounded up to 256 KiB by the client):
+	// the memory one Put holds, whatever the archive's size, and the size
+	// above which an upload is resumable. Default DefaultChunkSize.
+	ChunkSize  int
+	Registerer prometheus.Registerer // nil: no metrics
+	Logger     *slog.Logger          // nil: discard
 }
 
-// NewArchives returns an Archives that writes under gs://bucket/prefix/ with
-// c. Its metrics are registered on reg (none if reg is nil); log may be nil.
-func NewArchives(c *storage.Client, bucket, prefix string, reg prometheus.Registerer, log *slog.Logger, opts ...ArchivesOption) *Archives {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+// NewArchives validates cfg and returns an Archives writing under
+// gs://Bucket/Prefix/.
+func NewArchives(cfg ArchivesConfig) (*Archives, error) {
+	if cfg.Client == nil || cfg.Bucket == "" {
+		return nil, errors.New("sink: archives need a storage Client and a Bucket")
 	}
-	a := &Archives{
-		client:    c,
-		bucket:    bucket,
-		prefix:    strings.Trim(prefix, "/"),
-		chunkSize: DefaultChunkSize,
-		log:       log,
-		m:         newArchiveMetrics(reg),
+	if cfg.ChunkSize <= 0 {
+		cfg.ChunkSize = DefaultChunkSize
 	}
-	for _, o := range opts {
-		o(a)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return a
+	m, err := newArchiveMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Archives{
+		client:    cfg.Client,
+		bucket:    cfg.Bucket,
+		prefix:    strings.Trim(cfg.Prefix, "/"),
+		chunkSize: cfg.ChunkSize,
+		log:       cfg.Logger,
+		m:         m,
+	}, nil
 }
+
+// Prefix is the archive prefix (without slashes at its ends).
+func (a *Archives) Prefix() string { return a.prefix }
 
 // Put streams the archive read from r to the object named by k, unless that
 // object already exists. It returns the stored object; Created is false when
 // the same state had been exported before, which is success, not an error.
+//
+// commit, if not nil, is called once r is read to its end, before the upload
+// is committed: an error from it aborts the upload (no object is written)
+// and is returned. The pipeline uses it to check that the task is still in
+// the state the name says, so an archive is only ever named for a state it
+// holds.
 //
 // The client computes the CRC32C while streaming and sends it with the upload
 // (in the metadata of a single-request upload, with the final chunk of a
@@ -216,13 +235,13 @@ func NewArchives(c *storage.Client, bucket, prefix string, reg prometheus.Regist
 // own and compares it and the size with what GCS reports. On a mismatch it
 // deletes that generation, so a retry can write the object again, and
 // returns an error wrapping ErrChecksumMismatch.
-func (a *Archives) Put(ctx context.Context, k Key, m Metadata, r io.Reader) (Object, error) {
+func (a *Archives) Put(ctx context.Context, k Key, m Metadata, r io.Reader, commit func(context.Context) error) (Object, error) {
 	if err := k.validate(); err != nil {
 		return Object{}, err
 	}
 	name := ObjectName(a.prefix, k)
 	uri := "gs://" + a.bucket + "/" + name
-	obj, err := a.put(ctx, k, m, name, r)
+	obj, err := a.put(ctx, k, m, name, r, commit)
 	switch {
 	case err != nil:
 		a.m.writes.WithLabelValues(outcomeError).Inc()
@@ -237,7 +256,7 @@ func (a *Archives) Put(ctx context.Context, k Key, m Metadata, r io.Reader) (Obj
 	return obj, nil
 }
 
-func (a *Archives) put(ctx context.Context, k Key, m Metadata, name string, r io.Reader) (Object, error) {
+func (a *Archives) put(ctx context.Context, k Key, m Metadata, name string, r io.Reader, commit func(context.Context) error) (Object, error) {
 	// Cancelling the writer's context is the only way to abort an upload
 	// without committing what was written so far.
 	wctx, cancel := context.WithCancel(ctx)
@@ -266,13 +285,20 @@ func (a *Archives) put(ctx context.Context, k Key, m Metadata, name string, r io
 		if isPreconditionFailed(copyErr) {
 			return a.existing(ctx, handle)
 		}
-		return Object{}, fmt.Errorf("upload after %d bytes: %w", src.n, copyErr)
+		return Object{}, fmt.Errorf("upload after %d bytes: %w", src.n, classify(copyErr))
+	}
+	if commit != nil {
+		if err := commit(ctx); err != nil {
+			cancel()
+			_ = w.Close()
+			return Object{}, fmt.Errorf("not committed after %d bytes: %w", src.n, err)
+		}
 	}
 	if err := w.Close(); err != nil {
 		if isPreconditionFailed(err) {
 			return a.existing(ctx, handle)
 		}
-		return Object{}, fmt.Errorf("upload %d bytes: %w", src.n, err)
+		return Object{}, fmt.Errorf("upload %d bytes: %w", src.n, classify(err))
 	}
 
 	got := objectFromAttrs(w.Attrs(), true)
@@ -296,13 +322,9 @@ func (a *Archives) existing(ctx context.Context, h *storage.ObjectHandle) (Objec
 	if err != nil {
 		// Deleted between the precondition failure and now (a lifecycle
 		// rule, an operator): the caller retries and writes it again.
-		return Object{}, fmt.Errorf("object exists (412) but reading its attributes failed: %w", err)
+		return Object{}, fmt.Errorf("object exists (412) but reading its attributes failed: %w", classify(err))
 	}
-	o := objectFromAttrs(attrs, false)
-	if o.Published, err = a.published(ctx, o); err != nil {
-		return Object{}, err
-	}
-	return o, nil
+	return objectFromAttrs(attrs, false), nil
 }
 
 // Stat reports whether the archive of k exists, and if so what GCS holds: the
@@ -317,73 +339,29 @@ func (a *Archives) Stat(ctx context.Context, k Key) (Object, bool, error) {
 		return Object{}, false, nil
 	}
 	if err != nil {
-		return Object{}, false, fmt.Errorf("stat gs://%s/%s: %w", a.bucket, name, err)
+		return Object{}, false, fmt.Errorf("stat gs://%s/%s: %w", a.bucket, name, classify(err))
 	}
-	o := objectFromAttrs(attrs, false)
-	if o.Published, err = a.published(ctx, o); err != nil {
-		return Object{}, false, err
-	}
-	return o, true, nil
+	return objectFromAttrs(attrs, false), true, nil
 }
 
-// MarkPublished records that the notice of o (generation o.Generation) went
-// out as message messageID, so that Stat and Put report it Published and a
-// reconciler does not announce it again.
-//
-// The record is a small marker object beside the archives
-// (<prefix>/_published/tasks/...json), not a metadata patch of the archive:
-// fake-gcs-server's filesystem backend, which the embedded default runs on,
-// rewrites an object with a new generation on every patch, which would
-// strand consumers holding the generation of the notice.
-func (a *Archives) MarkPublished(ctx context.Context, o Object, messageID string) error {
-	if messageID == "" {
-		return fmt.Errorf("mark %s published: empty message id", o.URI)
+// HasAny reports whether any archive of task id exists: a task exported by
+// a release that kept no record (or whose record was lost) is still known.
+func (a *Archives) HasAny(ctx context.Context, id int64) (bool, error) {
+	prefix := TaskPrefix(a.prefix, id)
+	q := &storage.Query{Prefix: prefix}
+	if err := q.SetAttrSelection([]string{"Name"}); err != nil {
+		return false, err
 	}
-	if o.Bucket != a.bucket || !strings.HasPrefix(o.Name, a.namePrefix()) {
-		return fmt.Errorf("mark %s published: not an archive of gs://%s/%s", o.URI, a.bucket, a.namePrefix())
-	}
-	gen := strconv.FormatInt(o.Generation, 10)
-	w := a.client.Bucket(a.bucket).Object(a.markerName(o.Name)).NewWriter(ctx)
-	w.ContentType = "application/json"
-	w.Metadata = map[string]string{metaGeneration: gen, metaMessageID: messageID}
-	body := fmt.Sprintf("{\"object\":%q,\"generation\":%s,\"message_id\":%q}\n", o.Name, gen, messageID)
-	if _, err := io.WriteString(w, body); err != nil {
-		_ = w.Close()
-		return fmt.Errorf("mark %s (generation %d) published: %w", o.URI, o.Generation, err)
-	}
-	if err := w.Close(); err != nil {
-		return fmt.Errorf("mark %s (generation %d) published: %w", o.URI, o.Generation, err)
-	}
-	return nil
-}
-
-// Metadata keys of the published marker.
-const (
-	metaGeneration = "cvat_sync_generation"
-	metaMessageID  = "cvat_sync_message_id"
-)
-
-func (a *Archives) namePrefix() string {
-	if a.prefix == "" {
-		return ""
-	}
-	return a.prefix + "/"
-}
-
-func (a *Archives) markerName(objectName string) string {
-	return a.namePrefix() + "_published/" + strings.TrimPrefix(objectName, a.namePrefix()) + ".json"
-}
-
-// published reports whether the marker of o names o's generation.
-func (a *Archives) published(ctx context.Context, o Object) (bool, error) {
-	attrs, err := a.client.Bucket(a.bucket).Object(a.markerName(o.Name)).Attrs(ctx)
-	if errors.Is(err, storage.ErrObjectNotExist) {
+	it := a.client.Bucket(a.bucket).Objects(ctx, q)
+	it.PageInfo().MaxSize = 1
+	_, err := it.Next()
+	switch {
+	case errors.Is(err, iterator.Done):
 		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("list gs://%s/%s: %w", a.bucket, prefix, classify(err))
 	}
-	if err != nil {
-		return false, fmt.Errorf("read the published marker of %s: %w", o.URI, err)
-	}
-	return attrs.Metadata[metaGeneration] == strconv.FormatInt(o.Generation, 10), nil
+	return true, nil
 }
 
 func (m Metadata) attrs(k Key) map[string]string {
@@ -426,4 +404,14 @@ func (c *checksumReader) Read(p []byte) (int, error) {
 		c.err = err
 	}
 	return n, err
+}
+
+// Reader opens the archive object name for reading (consumers' view; tests
+// compare it with what CVAT served).
+func (a *Archives) Reader(ctx context.Context, name string) (io.ReadCloser, error) {
+	r, err := a.client.Bucket(a.bucket).Object(name).NewReader(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read gs://%s/%s: %w", a.bucket, name, classify(err))
+	}
+	return r, nil
 }

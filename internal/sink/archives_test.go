@@ -186,7 +186,7 @@ func TestArchivesPut(t *testing.T) {
 			gcs := newFakeGCS(t, t.TempDir())
 			client := newGCSClient(t, gcs.URL(), true)
 			reg := prometheus.NewPedanticRegistry()
-			a := NewArchives(client, testBucket, "exports", reg, nil, WithChunkSize(chunk))
+			a := mustArchives(t, ArchivesConfig{Client: client, Bucket: testBucket, Prefix: "exports", Registerer: reg, ChunkSize: chunk})
 			ctx := context.Background()
 			key := Key{TaskID: 42, Format: "CVAT for images 1.1", UpdatedDate: testUpdated}
 			data := archive(tt.size)
@@ -194,7 +194,7 @@ func TestArchivesPut(t *testing.T) {
 			if _, ok, err := a.Stat(ctx, key); err != nil || ok {
 				t.Fatalf("Stat before Put = (_, %v, %v), want (_, false, nil)", ok, err)
 			}
-			got, err := a.Put(ctx, key, Metadata{ProjectID: 3, TaskName: "cars", CVATVersion: "2.49.0"}, bytes.NewReader(data))
+			got, err := a.Put(ctx, key, Metadata{ProjectID: 3, TaskName: "cars", CVATVersion: "2.49.0"}, bytes.NewReader(data), nil)
 			if err != nil {
 				t.Fatalf("Put: %v", err)
 			}
@@ -237,7 +237,7 @@ func TestArchivesPut(t *testing.T) {
 
 			// The same state again (an export produces new bytes each time:
 			// here, other bytes) is the same object.
-			again, err := a.Put(ctx, key, Metadata{}, bytes.NewReader(archive(tt.size+10)))
+			again, err := a.Put(ctx, key, Metadata{}, bytes.NewReader(archive(tt.size+10)), nil)
 			if err != nil {
 				t.Fatalf("second Put: %v", err)
 			}
@@ -253,40 +253,26 @@ func TestArchivesPut(t *testing.T) {
 				t.Errorf("Stat (-want +got):\n%s", diff)
 			}
 
-			// Once its notice is out, the object says so, and keeps the rest.
-			if err := a.MarkPublished(ctx, got, "m17"); err != nil {
-				t.Fatalf("MarkPublished: %v", err)
+			// An upload whose commit check fails leaves nothing behind.
+			other := Key{TaskID: 42, Format: "COCO 1.0", UpdatedDate: testUpdated}
+			refused := errors.New("task changed during its export")
+			if _, err := a.Put(ctx, other, Metadata{}, bytes.NewReader(data), func(context.Context) error { return refused }); !errors.Is(err, refused) {
+				t.Fatalf("Put with a failing commit check = %v, want it", err)
 			}
-			want.Published = true
-			stat, _, err = a.Stat(ctx, key)
-			if err != nil {
-				t.Fatal(err)
+			if _, ok, err := a.Stat(ctx, other); err != nil || ok {
+				t.Errorf("an uncommitted archive exists (%v, %v)", ok, err)
 			}
-			if diff := cmp.Diff(want, stat); diff != "" {
-				t.Errorf("Stat after MarkPublished (-want +got):\n%s", diff)
+			// The same state again, past a commit check that passes, is
+			// still the one object.
+			third, err := a.Put(ctx, key, Metadata{}, bytes.NewReader(data), func(context.Context) error { return nil })
+			if err != nil || third.Created {
+				t.Errorf("third Put = (Created %v, %v), want the existing object", third.Created, err)
 			}
-			third, err := a.Put(ctx, key, Metadata{}, bytes.NewReader(data))
-			if err != nil || third.Created || !third.Published {
-				t.Errorf("Put after MarkPublished = (Created %v, Published %v, %v), want an existing, published object", third.Created, third.Published, err)
+			if ok, err := a.HasAny(ctx, 42); err != nil || !ok {
+				t.Errorf("HasAny(42) = %v, %v", ok, err)
 			}
-			if _, err := client.Bucket(testBucket).Object("exports/_published/" + strings.TrimPrefix(name, "exports/") + ".json").Attrs(ctx); err != nil {
-				t.Errorf("published marker: %v", err)
-			}
-			// A marker of another generation (the object was deleted and
-			// written again) does not count.
-			stale := got
-			stale.Generation--
-			if err := a.MarkPublished(ctx, stale, "m18"); err != nil {
-				t.Fatal(err)
-			}
-			if o, _, err := a.Stat(ctx, key); err != nil || o.Published {
-				t.Errorf("Stat with a marker of another generation = (Published %v, %v), want not published", o.Published, err)
-			}
-			if err := a.MarkPublished(ctx, got, "m19"); err != nil {
-				t.Fatal(err)
-			}
-			if o, _, err := a.Stat(ctx, key); err != nil || !o.Published || o.Generation != got.Generation {
-				t.Errorf("Stat = %+v, %v; want generation %d, published", o, err, got.Generation)
+			if ok, err := a.HasAny(ctx, 4); err != nil || ok {
+				t.Errorf("HasAny(4) = %v, %v (task 42's archives are not task 4's)", ok, err)
 			}
 
 			if got := testutil.ToFloat64(a.m.writes.WithLabelValues(outcomeCreated)); got != 1 {
@@ -295,7 +281,7 @@ func TestArchivesPut(t *testing.T) {
 			if got := testutil.ToFloat64(a.m.writes.WithLabelValues(outcomeExists)); got != 2 {
 				t.Errorf("writes{exists} = %v, want 2", got)
 			}
-			if got, want := testutil.ToFloat64(a.m.bytes), float64(3*tt.size+10); got != want {
+			if got, want := testutil.ToFloat64(a.m.bytes), float64(4*tt.size+10); got != want {
 				t.Errorf("write bytes = %v, want %v", got, want)
 			}
 			if n, err := testutil.GatherAndCount(reg); err != nil || n != 4 {
@@ -305,9 +291,18 @@ func TestArchivesPut(t *testing.T) {
 	}
 }
 
+func mustArchives(t testing.TB, cfg ArchivesConfig) *Archives {
+	t.Helper()
+	a, err := NewArchives(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
 func TestArchivesInvalidKey(t *testing.T) {
 	t.Parallel()
-	a := NewArchives(nil, testBucket, "", nil, nil) // never reaches the client
+	a := &Archives{bucket: testBucket} // never reaches the client
 	tests := []struct {
 		name string
 		key  Key
@@ -319,7 +314,7 @@ func TestArchivesInvalidKey(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			if _, err := a.Put(context.Background(), tt.key, Metadata{}, strings.NewReader("x")); !errors.Is(err, ErrInvalidKey) {
+			if _, err := a.Put(context.Background(), tt.key, Metadata{}, strings.NewReader("x"), nil); !errors.Is(err, ErrInvalidKey) {
 				t.Errorf("Put: %v, want ErrInvalidKey", err)
 			}
 			if _, _, err := a.Stat(context.Background(), tt.key); !errors.Is(err, ErrInvalidKey) {
@@ -358,12 +353,12 @@ func TestArchivesCorruption(t *testing.T) {
 			gcs := newFakeGCS(t, "")
 			proxy := newFaultProxy(t, gcs.URL())
 			proxy.corrupt(marker, flipped)
-			a := NewArchives(newGCSClient(t, proxy.URL, false), testBucket, "", prometheus.NewRegistry(), nil, WithChunkSize(chunk))
+			a := mustArchives(t, ArchivesConfig{Client: newGCSClient(t, proxy.URL, false), Bucket: testBucket, Prefix: "", Registerer: prometheus.NewRegistry(), ChunkSize: chunk})
 			ctx := context.Background()
 			key := Key{TaskID: 9, Format: "COCO 1.0", UpdatedDate: testUpdated}
 			data := archive(tt.size)
 
-			_, err := a.Put(ctx, key, Metadata{}, bytes.NewReader(data))
+			_, err := a.Put(ctx, key, Metadata{}, bytes.NewReader(data), nil)
 			if err == nil {
 				t.Fatal("Put of corrupted bytes succeeded")
 			}
@@ -387,7 +382,7 @@ func TestArchivesCorruption(t *testing.T) {
 				t.Fatalf("Stat after a corrupted Put = (_, %v, %v), want (_, false, nil)", ok, err)
 			}
 			proxy.corrupt(nil, nil)
-			o, err := a.Put(ctx, key, Metadata{}, bytes.NewReader(data))
+			o, err := a.Put(ctx, key, Metadata{}, bytes.NewReader(data), nil)
 			if err != nil || !o.Created {
 				t.Fatalf("retry: Put = (Created %v, %v), want a new object", o.Created, err)
 			}
@@ -429,14 +424,14 @@ func TestArchivesGCSFailures(t *testing.T) {
 				gcs.Stop()
 				endpoint = gcs.URL() // nothing listens there any more
 			}
-			a := NewArchives(newGCSClient(t, endpoint, tt.retry), testBucket, "", prometheus.NewRegistry(), nil, WithChunkSize(chunk))
+			a := mustArchives(t, ArchivesConfig{Client: newGCSClient(t, endpoint, tt.retry), Bucket: testBucket, Prefix: "", Registerer: prometheus.NewRegistry(), ChunkSize: chunk})
 			ctx := context.Background()
 			if tt.timeout > 0 {
 				var cancel context.CancelFunc
 				ctx, cancel = context.WithTimeout(ctx, tt.timeout)
 				defer cancel()
 			}
-			o, err := a.Put(ctx, Key{TaskID: 5, Format: "COCO 1.0", UpdatedDate: testUpdated}, Metadata{}, bytes.NewReader(archive(tt.size)))
+			o, err := a.Put(ctx, Key{TaskID: 5, Format: "COCO 1.0", UpdatedDate: testUpdated}, Metadata{}, bytes.NewReader(archive(tt.size)), nil)
 			if tt.wantErr == nil {
 				if err != nil || o.Created != tt.wantCreated {
 					t.Fatalf("Put = (Created %v, %v), want (Created %v, nil)", o.Created, err, tt.wantCreated)
@@ -470,11 +465,11 @@ func TestArchivesGCSFailures(t *testing.T) {
 func TestArchivesReadError(t *testing.T) {
 	t.Parallel()
 	gcs := newFakeGCS(t, "")
-	a := NewArchives(newGCSClient(t, gcs.URL(), true), testBucket, "", nil, nil, WithChunkSize(256<<10))
+	a := mustArchives(t, ArchivesConfig{Client: newGCSClient(t, gcs.URL(), true), Bucket: testBucket, ChunkSize: 256 << 10})
 	boom := errors.New("cvat: connection reset")
 	r := io.MultiReader(bytes.NewReader(archive(300<<10)), errReader{boom})
 	key := Key{TaskID: 6, Format: "COCO 1.0", UpdatedDate: testUpdated}
-	_, err := a.Put(context.Background(), key, Metadata{}, r)
+	_, err := a.Put(context.Background(), key, Metadata{}, r, nil)
 	if !errors.Is(err, boom) || !strings.Contains(err.Error(), "read archive after") {
 		t.Fatalf("Put: %v, want the reader's error with context", err)
 	}

@@ -52,14 +52,14 @@ func BenchmarkArchivesPut(b *testing.B) {
 		b.Fatal(err)
 	}
 
-	a := NewArchives(newGCSClient(b, url, true), testBucket, "bench", nil, nil, WithChunkSize(chunk))
+	a := mustArchives(b, ArchivesConfig{Client: newGCSClient(b, url, true), Bucket: testBucket, Prefix: "bench", ChunkSize: chunk})
 	ctx := context.Background()
 	peak := startHeapSampler()
 	b.SetBytes(size)
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		key := Key{TaskID: int64(i + 1), Format: "CVAT for images 1.1", UpdatedDate: testUpdated}
-		o, err := a.Put(ctx, key, Metadata{}, io.LimitReader(&patternReader{}, size))
+		o, err := a.Put(ctx, key, Metadata{}, io.LimitReader(&patternReader{}, size), nil)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -1,9 +1,9 @@
 package sink
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cvat-sync/cvat-sync/internal/metrics"
 )
 
 // Outcome label values: small fixed sets, never ids or URLs.
@@ -19,7 +19,7 @@ type archiveMetrics struct {
 	bytes  prometheus.Counter
 }
 
-func newArchiveMetrics(reg prometheus.Registerer) *archiveMetrics {
+func newArchiveMetrics(reg prometheus.Registerer) (*archiveMetrics, error) {
 	m := &archiveMetrics{
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cvat_sync_sink_writes_total",
@@ -30,49 +30,34 @@ func newArchiveMetrics(reg prometheus.Registerer) *archiveMetrics {
 			Help: "Archive bytes streamed to GCS, whatever the outcome of the write.",
 		}),
 	}
-	m.writes = register(reg, m.writes)
-	m.bytes = register(reg, m.bytes)
+	r := &metrics.Registrar{Reg: reg}
+	m.writes = metrics.Must(r, m.writes)
+	m.bytes = metrics.Must(r, m.bytes)
 	for _, o := range []string{outcomeCreated, outcomeExists, outcomeError} {
 		m.writes.WithLabelValues(o)
 	}
-	return m
+	return m, r.Err
 }
 
 type outboxMetrics struct {
 	publishes *prometheus.CounterVec
 }
 
-func newOutboxMetrics(reg prometheus.Registerer) *outboxMetrics {
+func newOutboxMetrics(reg prometheus.Registerer) (*outboxMetrics, error) {
 	m := &outboxMetrics{
 		publishes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cvat_sync_outbox_publishes_total",
 			Help: "Outbox notices published by kind (task.exported, task.deleted) and outcome (ok, error).",
 		}, []string{"kind", "outcome"}),
 	}
-	m.publishes = register(reg, m.publishes)
+	var err error
+	if m.publishes, err = metrics.Register(reg, m.publishes); err != nil {
+		return nil, err
+	}
 	for _, k := range []Kind{KindExported, KindDeleted} {
 		for _, o := range []string{outcomeOK, outcomeError} {
 			m.publishes.WithLabelValues(string(k), o)
 		}
 	}
-	return m
-}
-
-// register registers c on reg, or returns the collector already registered
-// under the same description, so that several Archives or Outboxes can share
-// one registry. A nil reg leaves c unregistered.
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	if reg == nil {
-		return c
-	}
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing
-			}
-		}
-		panic(err) // a programming error: a clashing metric name
-	}
-	return c
+	return m, nil
 }

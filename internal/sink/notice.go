@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/cvat-sync/cvat-sync/internal/task"
 )
 
 // Schema names version 1 of the outbox message contract: the value of the
@@ -151,37 +153,48 @@ func digest(parts ...string) string {
 	return hex.EncodeToString(h.Sum(nil)[:16])
 }
 
-// NewExportNotice returns the task.exported notice of the archive o.
-func NewExportNotice(o Object, format string, cvat CVAT, task Task, trig Trigger, exportedAt time.Time) Notice {
+// NewExportNotice returns the task.exported notice of the archive o, an
+// export of st in format.
+func NewExportNotice(o Object, format string, cvat CVAT, st task.State, trig task.Trigger, exportedAt time.Time) Notice {
 	return Notice{
 		Schema:     Schema,
 		ExportID:   ExportID(o),
 		Kind:       KindExported,
 		CVAT:       cvat,
-		Task:       task,
-		Trigger:    trig,
+		Task:       wireTask(st),
+		Trigger:    wireTrigger(trig),
 		Format:     format,
 		Object:     o.Ref(),
 		ExportedAt: exportedAt,
 	}
 }
 
-// NewDeletionNotice returns the task.deleted notice of task; task.UpdatedDate
-// is the updated_date of the delete:task event and names the deletion.
-func NewDeletionNotice(cvat CVAT, task Task, trig Trigger, at time.Time) Notice {
+// NewDeletionNotice returns the task.deleted notice of the task last
+// recorded as st; st.UpdatedDate names the deletion, so announcing it again
+// gives the same export_id.
+func NewDeletionNotice(cvat CVAT, st task.State, trig task.Trigger, at time.Time) Notice {
 	return Notice{
 		Schema:     Schema,
-		ExportID:   DeletionID(task.ID, task.UpdatedDate),
+		ExportID:   DeletionID(st.ID, st.UpdatedDate),
 		Kind:       KindDeleted,
 		CVAT:       cvat,
-		Task:       task,
-		Trigger:    trig,
+		Task:       wireTask(st),
+		Trigger:    wireTrigger(trig),
 		ExportedAt: at,
 	}
 }
 
-// OrderingKey returns the outbox ordering key of a task's notices.
-func OrderingKey(taskID int64) string { return "task-" + strconv.FormatInt(taskID, 10) }
+func wireTask(st task.State) Task {
+	t := Task{ID: st.ID, Name: st.Name, ProjectID: NullID(st.ProjectID), Status: st.Status, UpdatedDate: st.UpdatedDate}
+	if st.OrganizationID != 0 {
+		t.Organization = &Organization{ID: st.OrganizationID}
+	}
+	return t
+}
+
+func wireTrigger(t task.Trigger) Trigger {
+	return Trigger{Event: t.Event, WebhookID: NullID(t.WebhookID), JobID: NullID(t.JobID), Sender: t.Sender, Coalesced: t.Coalesced}
+}
 
 // Attributes returns the message attributes of n (contract v1).
 func (n Notice) Attributes() map[string]string {

@@ -3,11 +3,15 @@ package sink
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"cloud.google.com/go/pubsub/v2"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cvat-sync/cvat-sync/internal/task"
 )
 
 // Outbox publishes notices to the outbox topic, one message per notice, in
@@ -18,17 +22,41 @@ type Outbox struct {
 	m   *outboxMetrics
 }
 
-// NewOutbox returns an Outbox publishing with p. It turns on p's message
-// ordering (notices are ordered per task), so p must not have been used to
-// publish yet and must not have hedging enabled. Metrics are registered on
-// reg (none if nil); log may be nil.
-func NewOutbox(p *pubsub.Publisher, reg prometheus.Registerer, log *slog.Logger) *Outbox {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	p.EnableMessageOrdering = true
-	return &Outbox{pub: p, log: log, m: newOutboxMetrics(reg)}
+// OutboxConfig configures an Outbox.
+type OutboxConfig struct {
+	// Publisher of the outbox topic. NewOutbox turns on its message ordering
+	// (notices are ordered per task), so it must not have been used to
+	// publish yet.
+	Publisher *pubsub.Publisher
+	// Timeout bounds one publish (default 30s): a publish stuck on an outage
+	// gives up well inside the shutdown grace, and the export is retried.
+	Timeout    time.Duration
+	Registerer prometheus.Registerer // nil: no metrics
+	Logger     *slog.Logger          // nil: discard
 }
+
+// NewOutbox validates cfg and returns an Outbox.
+func NewOutbox(cfg OutboxConfig) (*Outbox, error) {
+	if cfg.Publisher == nil {
+		return nil, errors.New("sink: outbox needs a Publisher")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 30 * time.Second
+	}
+	m, err := newOutboxMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Publisher.EnableMessageOrdering = true
+	cfg.Publisher.PublishSettings.Timeout = cfg.Timeout
+	return &Outbox{pub: cfg.Publisher, log: cfg.Logger, m: m}, nil
+}
+
+// Stop flushes pending notices and stops the publisher.
+func (o *Outbox) Stop() { o.pub.Stop() }
 
 // Publish sends n and waits for the server's answer, returning the message
 // id the server assigned. An error means the notice may or may not have
@@ -48,7 +76,7 @@ func (o *Outbox) Publish(ctx context.Context, n Notice) (string, error) {
 		if kind != "unknown" {
 			o.m.publishes.WithLabelValues(kind, outcomeError).Inc()
 		}
-		return "", fmt.Errorf("publish %s of task %d (export %s) to %s: %w", kind, n.Task.ID, n.ExportID, o.pub, err)
+		return "", fmt.Errorf("publish %s of task %d (export %s) to %s: %w", kind, n.Task.ID, n.ExportID, o.pub, classify(err))
 	}
 	o.m.publishes.WithLabelValues(kind, outcomeOK).Inc()
 	o.log.DebugContext(ctx, "notice published", "kind", kind, "task_id", n.Task.ID, "export_id", n.ExportID, "message_id", id)
@@ -63,7 +91,7 @@ func (o *Outbox) publish(ctx context.Context, n Notice) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	key := OrderingKey(n.Task.ID)
+	key := task.OrderingKey(n.Task.ID)
 	res := o.pub.Publish(ctx, &pubsub.Message{
 		Data:        data,
 		Attributes:  n.Attributes(),

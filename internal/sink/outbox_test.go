@@ -20,6 +20,8 @@ import (
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/cvat-sync/cvat-sync/internal/task"
 )
 
 var (
@@ -37,21 +39,26 @@ var (
 	testCVAT = CVAT{BaseURL: "http://cvat-backend-service.cvat.svc:8080", Version: "2.49.0"}
 )
 
+func mustOutbox(t testing.TB, cfg OutboxConfig) *Outbox {
+	t.Helper()
+	o, err := NewOutbox(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
 func exportedNotice() Notice {
 	return NewExportNotice(testObject, "CVAT for images 1.1", testCVAT,
-		Task{
-			ID: 42, Name: "street scenes, batch 7", ProjectID: 3,
-			Organization: &Organization{ID: 2, Slug: "acme"},
-			Status:       "annotation", UpdatedDate: testUpdated,
-		},
-		Trigger{Event: "update:job", WebhookID: 1, JobID: 117, Sender: "annotator1", Coalesced: 4},
+		task.State{ID: 42, Name: "street scenes, batch 7", ProjectID: 3, OrganizationID: 2, Status: "annotation", UpdatedDate: testUpdated},
+		task.Trigger{Event: "update:job", WebhookID: 1, JobID: 117, Sender: "annotator1", Coalesced: 4},
 		testExportedAt)
 }
 
 func deletedNotice() Notice {
 	return NewDeletionNotice(testCVAT,
-		Task{ID: 43, Name: "old task", Status: "completed", UpdatedDate: testUpdated},
-		Trigger{Event: "delete:task", WebhookID: 1, Sender: "admin", Coalesced: 1},
+		task.State{ID: 43, Name: "old task", Status: "completed", UpdatedDate: testUpdated},
+		task.Trigger{Event: "delete:task", WebhookID: 1, Sender: "admin", Coalesced: 1},
 		testExportedAt)
 }
 
@@ -136,7 +143,7 @@ func TestOutboxPublish(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			ps := newPubSub(t)
-			o := NewOutbox(ps.publisher(t), prometheus.NewPedanticRegistry(), nil)
+			o := mustOutbox(t, OutboxConfig{Publisher: ps.publisher(t), Registerer: prometheus.NewPedanticRegistry()})
 			id, err := o.Publish(context.Background(), tt.notice)
 			if err != nil {
 				t.Fatalf("Publish: %v", err)
@@ -230,7 +237,7 @@ func TestOutboxPublishFailures(t *testing.T) {
 			ps := newPubSub(t, pstest.ServerReactorOption{FuncName: "Publish", Reactor: fail})
 			pub := ps.publisher(t)
 			pub.PublishSettings.Timeout = 500 * time.Millisecond // bounds the client's retries when the server is gone
-			o := NewOutbox(pub, prometheus.NewRegistry(), nil)
+			o := mustOutbox(t, OutboxConfig{Publisher: pub, Registerer: prometheus.NewRegistry()})
 			ctx := context.Background()
 			n := tt.notice()
 
@@ -324,7 +331,7 @@ func TestTail(t *testing.T) {
 	ps := newPubSub(t)
 	publishTime := time.Date(2026, 5, 4, 9, 42, 4, 0, time.UTC)
 	ps.srv.SetTimeNowFunc(func() time.Time { return publishTime })
-	o := NewOutbox(ps.publisher(t), nil, nil)
+	o := mustOutbox(t, OutboxConfig{Publisher: ps.publisher(t), Registerer: nil})
 	ctx := context.Background()
 	var want []TailLine
 	for _, n := range []Notice{exportedNotice(), deletedNotice()} {
@@ -336,7 +343,7 @@ func TestTail(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want = append(want, TailLine{ID: id, Attributes: n.Attributes(), OrderingKey: OrderingKey(n.Task.ID), PublishTime: publishTime, Data: data})
+		want = append(want, TailLine{ID: id, Attributes: n.Attributes(), OrderingKey: task.OrderingKey(n.Task.ID), PublishTime: publishTime, Data: data})
 	}
 
 	var out bytes.Buffer
@@ -426,7 +433,7 @@ func TestNoticeGolden(t *testing.T) {
 		Attributes  map[string]string `json:"attributes"`
 		OrderingKey string            `json:"ordering_key"`
 		Data        json.RawMessage   `json:"data"`
-	}{n.Attributes(), OrderingKey(n.Task.ID), data}
+	}{n.Attributes(), task.OrderingKey(n.Task.ID), data}
 	got, err := json.MarshalIndent(msg, "", "  ")
 	if err != nil {
 		t.Fatal(err)

@@ -73,7 +73,6 @@ type metrics struct {
 	deliveries *prometheus.CounterVec
 	sigFails   *prometheus.CounterVec
 	duration   *prometheus.HistogramVec
-	depUp      *prometheus.GaugeVec
 }
 
 // Outcomes of a delivery, the values of the "outcome" label.
@@ -113,12 +112,8 @@ func New(cfg Config) (*Server, error) {
 			Help:    "HTTP request duration by route, method and status code.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"route", "method", "code"}),
-		depUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "cvat_sync_dependency_up",
-			Help: "1 if the dependency answered the last readiness check, else 0.",
-		}, []string{"dependency"}),
 	}
-	for _, c := range []prometheus.Collector{s.m.deliveries, s.m.sigFails, s.m.duration, s.m.depUp} {
+	for _, c := range []prometheus.Collector{s.m.deliveries, s.m.sigFails, s.m.duration} {
 		if err := cfg.Registerer.Register(c); err != nil {
 			return nil, err
 		}
@@ -314,14 +309,12 @@ func (s *Server) readyz(c echo.Context) error {
 		ch := s.cfg.Checks[r.i]
 		if r.err != nil {
 			checks[ch.Name] = "unavailable: " + r.err.Error()
-			s.m.depUp.WithLabelValues(ch.Name).Set(0)
 			if ch.Required {
 				ready = false
 			}
 			continue
 		}
 		checks[ch.Name] = "ok"
-		s.m.depUp.WithLabelValues(ch.Name).Set(1)
 	}
 	status, code := "ready", http.StatusOK
 	if s.draining.Load() {

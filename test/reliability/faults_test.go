@@ -20,7 +20,9 @@ const (
 	pipeSecret  = "pipeline-webhook-secret-31a7c0"
 	pipeToken   = "pipeline-cvat-token-c4e8d1"
 	outboxTopic = "cvat-sync-exports"
-	bucket      = "cvat-sync"
+	// deadLetterTopic is the inbox's dead-letter topic (the default).
+	deadLetterTopic = "cvat-sync-inbox-dead"
+	bucket          = "cvat-sync"
 )
 
 // stack is a CVAT fake, the emulators and a receiver exporting between them.

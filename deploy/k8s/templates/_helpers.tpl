@@ -63,10 +63,18 @@ app.kubernetes.io/part-of: cvat
 {{- end }}
 {{- end }}
 
-{{/* The URL CVAT delivers to: config.publicURL, or this release's Service inside the cluster. */}}
+{{/*
+The URL CVAT delivers to (without /webhooks/cvat): config.publicURL; else, with the Ingress,
+its host (https when the Ingress has a certificate: a ManagedCertificate with gce, TLS Secrets,
+or a pre-shared certificate); else this release's Service inside the cluster.
+*/}}
 {{- define "cvat-sync.publicURL" -}}
+{{- $in := .Values.ingress }}
 {{- if .Values.config.publicURL }}
 {{- .Values.config.publicURL | trimSuffix "/" }}
+{{- else if and $in.enabled $in.host }}
+{{- $tls := or $in.tls (and $in.managedCertificate.enabled (eq $in.class "gce")) (hasKey $in.annotations "ingress.gcp.kubernetes.io/pre-shared-cert") }}
+{{- printf "%s://%s" (ternary "https" "http" (not (empty $tls))) $in.host }}
 {{- else }}
 {{- printf "http://%s.%s.svc.%s:%d" (include "cvat-sync.fullname" .) .Release.Namespace .Values.clusterDomain (int .Values.service.port) }}
 {{- end }}
@@ -77,11 +85,115 @@ app.kubernetes.io/part-of: cvat
 {{- if and (not .Values.gcp.project) (not .Values.gcp.pubsubEmulatorHost) (not .Values.gcp.storageEmulatorHost) }}true{{- end }}
 {{- end }}
 
-{{/* Whether the chart can talk to CVAT's API (register / ping): a token or password is configured. */}}
+{{/* "basic" when Basic auth (config.cvatUsername) is configured, else "token". */}}
+{{- define "cvat-sync.authKind" -}}
+{{- if .Values.config.cvatUsername }}basic{{ else }}token{{ end }}
+{{- end }}
+
+{{/*
+The Secret key of the CVAT credential (token or password), or "" when the Secret cannot hold
+one: with existingSecret the key is taken as possibly there (it may be added later); with the
+chart's own Secret only when the value is set.
+*/}}
+{{- define "cvat-sync.credentialKey" -}}
+{{- $s := .Values.secret }}
+{{- $basic := eq (include "cvat-sync.authKind" .) "basic" }}
+{{- $key := ternary $s.keys.cvatPassword $s.keys.cvatToken $basic }}
+{{- $value := ternary $s.cvatPassword $s.cvatToken $basic }}
+{{- if and $key (or $s.existingSecret $value) }}{{ $key }}{{ end }}
+{{- end }}
+
+{{/* Whether CVAT credentials can exist for the pods (register Job, helm test): "true" or "". */}}
 {{- define "cvat-sync.hasCvatCredentials" -}}
-{{- if .Values.secret.existingSecret }}
-{{- if or (and .Values.secret.keys.cvatToken (not .Values.config.cvatUsername)) (and .Values.secret.keys.cvatPassword .Values.config.cvatUsername) }}true{{- end }}
-{{- else if or .Values.secret.cvatToken .Values.secret.cvatPassword }}true{{- end }}
+{{- if include "cvat-sync.credentialKey" . }}true{{ end }}
+{{- end }}
+
+{{/*
+The CVAT credential as an optional variable from the Secret: a Secret without the key starts
+the receiver without credentials (it reports them missing and exports nothing) instead of
+failing the pod, and the register Job waits for them and gives up cleanly.
+*/}}
+{{- define "cvat-sync.credentialEnv" -}}
+{{- with include "cvat-sync.credentialKey" . }}
+- name: {{ ternary "CVAT_SYNC_CVAT_PASSWORD" "CVAT_SYNC_CVAT_TOKEN" (eq (include "cvat-sync.authKind" $) "basic") }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "cvat-sync.secretName" $ }}
+      key: {{ . }}
+      optional: true
+{{- end }}
+{{- end }}
+
+{{/* The webhook scope register uses: "project <id>", "organization <slug>", or "". */}}
+{{- define "cvat-sync.webhookScope" -}}
+{{- $c := .Values.config }}
+{{- if gt (int $c.webhookProjectID) 0 }}project {{ $c.webhookProjectID }}
+{{- else if or $c.webhookOrg $c.cvatOrg }}organization {{ default $c.cvatOrg $c.webhookOrg }}
+{{- end }}
+{{- end }}
+
+{{/* Why the pods that call CVAT's webhook API (register Job, helm test) cannot work, or "". */}}
+{{- define "cvat-sync.cvatClientSkipReason" -}}
+{{- if not (include "cvat-sync.webhookScope" .) }}no webhook scope: set config.cvatOrg (or config.webhookOrg) for an organization webhook, or config.webhookProjectID
+{{- else if and (not .Values.secret.existingSecret) (not .Values.secret.webhookSecret) }}no webhook secret: set secret.webhookSecret or secret.existingSecret
+{{- else if not (include "cvat-sync.hasCvatCredentials" .) }}no CVAT credentials in the values: set secret.cvatToken (or use secret.existingSecret)
+{{- end }}
+{{- end }}
+
+{{/* Why the register Job is not rendered, or "" when it is. */}}
+{{- define "cvat-sync.registerSkipReason" -}}
+{{- if not .Values.webhookRegistration.enabled }}webhookRegistration.enabled is false
+{{- else }}{{ include "cvat-sync.cvatClientSkipReason" . }}
+{{- end }}
+{{- end }}
+
+{{- define "cvat-sync.hooksServiceAccountName" -}}
+{{- if .Values.hooksServiceAccount.create }}
+{{- default (printf "%s-cvat-api" (include "cvat-sync.fullname" . | trunc 55 | trimSuffix "-")) .Values.hooksServiceAccount.name }}
+{{- else }}
+{{- default "default" .Values.hooksServiceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* PromQL label matchers of this release's series. */}}
+{{- define "cvat-sync.seriesSelector" -}}
+{{- default (printf "namespace=%q,job=%q" .Release.Namespace (include "cvat-sync.fullname" .)) .Values.metrics.rules.selector }}
+{{- end }}
+
+{{/*
+Pod selectors of CVAT's webhook senders (the webhook worker delivers events, the server sends
+pings), as a YAML list of LabelSelectors. Labels as CVAT's chart renders them:
+  current: templates/cvat_backend/worker_webhooks/deployment.yml and server/deployment.yml
+           (app: cvat-app, tier: backend, component: worker-webhooks | server)
+  legacy:  templates/cvat_backend/cvat_worker_webhooks/deployment.yml
+           (app: cvat-app-worker-webhooks, tier: backend, component: worker-webhooks)
+With legacy and any the server is matched by tier and component alone (the server's app label
+of older charts is not pinned here).
+Both add app.kubernetes.io/instance: <CVAT's release> (its cvat.labels helper).
+*/}}
+{{- define "cvat-sync.cvatSenderSelectors" -}}
+{{- $np := .Values.networkPolicy }}
+{{- $sel := list }}
+{{- if $np.cvatPodSelectors }}
+{{- $sel = $np.cvatPodSelectors }}
+{{- else }}
+{{- $inst := dict }}
+{{- with $np.cvatRelease }}{{ $_ := set $inst "app.kubernetes.io/instance" . }}{{ end }}
+{{- $worker := dict "tier" "backend" "component" "worker-webhooks" }}
+{{- $server := dict "tier" "backend" "component" "server" }}
+{{- if has $np.cvatChartLayout (list "any" "current") }}
+{{- $sel = append $sel (dict "matchLabels" (merge (dict "app" "cvat-app") $worker $inst)) }}
+{{- end }}
+{{- if has $np.cvatChartLayout (list "any" "legacy") }}
+{{- $sel = append $sel (dict "matchLabels" (merge (dict "app" "cvat-app-worker-webhooks") $worker $inst)) }}
+{{- end }}
+{{- if eq $np.cvatChartLayout "current" }}
+{{- $sel = append $sel (dict "matchLabels" (merge (dict "app" "cvat-app") $server $inst)) }}
+{{- else }}
+{{- $sel = append $sel (dict "matchLabels" (merge (dict) $server $inst)) }}
+{{- end }}
+{{- end }}
+{{- toYaml $sel }}
 {{- end }}
 
 {{/* Where the Secret's files are mounted. */}}
@@ -123,6 +235,7 @@ env:
       resourceFieldRef:
         resource: limits.memory
         divisor: "1"
+  {{- include "cvat-sync.credentialEnv" . | nindent 2 }}
   {{- with .Values.extraEnv }}
   {{- toYaml . | nindent 2 }}
   {{- end }}

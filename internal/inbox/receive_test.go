@@ -1,0 +1,140 @@
+package inbox
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"cloud.google.com/go/pubsub/v2"
+	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
+	"cloud.google.com/go/pubsub/v2/pstest"
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/api/option"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/cvat-sync/cvat-sync/internal/task"
+)
+
+func pubsubClient(t *testing.T) (*pstest.Server, *pubsub.Client) {
+	t.Helper()
+	srv := pstest.NewServer()
+	conn, err := grpc.NewClient(srv.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := pubsub.NewClient(context.Background(), "p", option.WithGRPCConn(conn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"inbox", "dead"} {
+		if _, err := c.TopicAdminClient.CreateTopic(context.Background(), &pubsubpb.Topic{Name: "projects/p/topics/" + id}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.SubscriptionAdminClient.CreateSubscription(context.Background(), &pubsubpb.Subscription{
+			Name: "projects/p/subscriptions/" + id, Topic: "projects/p/topics/" + id, AckDeadlineSeconds: 20, EnableMessageOrdering: true,
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { c.Close(); conn.Close(); srv.Close() })
+	return srv, c
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond) // polling with a deadline
+	}
+}
+
+// TestReceive: an event round-trips through the queue as its domain value;
+// garbage goes to the dead-letter topic as it came, with the reason; an item
+// of another wire version is left for a replica that reads it.
+func TestReceive(t *testing.T) {
+	srv, c := pubsubClient(t)
+	dead := NewDeadLetters(c.Publisher("dead"))
+	defer dead.Stop()
+	q := NewQueue(c.Publisher("inbox"), 0)
+	defer q.Stop()
+	var mu sync.Mutex
+	var kinds []string
+	var got []task.Event
+	r, err := NewReceiver(ReceiverConfig{Subscriber: c.Subscriber("inbox"), DeadLetters: dead, Hold: time.Hour,
+		Observe: func(k string) { mu.Lock(); kinds = append(kinds, k); mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- r.Receive(ctx, func(_ context.Context, d *Delivery) {
+			mu.Lock()
+			got = append(got, d.Event)
+			mu.Unlock()
+			d.Ack()
+		})
+	}()
+	want := task.Event{Name: "update:job", Resource: task.ResourceJob, Action: task.ActionUpdate, TaskID: 9, JobID: 14, ProjectID: 1,
+		OrganizationID: 2, WebhookID: 3, Sender: "user7", Status: "in progress", UpdatedDate: time.Date(2026, 5, 4, 9, 41, 27, 118604000, time.UTC),
+		ReceivedAt: time.Date(2026, 5, 4, 9, 41, 28, 0, time.UTC), Source: task.SourceWebhook, RequestID: "r1"}
+	if err := q.EnqueueEvent(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	pub := c.Publisher("inbox")
+	defer pub.Stop()
+	for _, m := range []*pubsub.Message{
+		{Data: []byte("not json"), Attributes: map[string]string{"v": "1"}},
+		{Data: []byte(`{}`), Attributes: map[string]string{"v": "2"}},
+	} {
+		if _, err := pub.Publish(ctx, m).Get(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "the event and both unreadable kinds", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) == 1 && len(kinds) >= 2
+	})
+	if diff := cmp.Diff(want, got[0]); diff != "" {
+		t.Errorf("received event (-want +got):\n%s", diff)
+	}
+	if got[0].Key() != "task-9" {
+		t.Errorf("key %q", got[0].Key())
+	}
+	var deadMsgs []*pstest.Message
+	eventually(t, "the dead letter", func() bool {
+		deadMsgs = nil
+		for _, m := range srv.Messages() {
+			if m.Attributes["reason"] != "" {
+				deadMsgs = append(deadMsgs, m)
+			}
+		}
+		return len(deadMsgs) == 1
+	})
+	if m := deadMsgs[0]; string(m.Data) != "not json" || m.Attributes["v"] != "1" || !strings.Contains(m.Attributes["reason"], "unsupported") {
+		t.Errorf("dead letter %q %v", m.Data, m.Attributes)
+	}
+	mu.Lock()
+	if !strings.Contains(strings.Join(kinds, ","), KindOtherVersion) || !strings.Contains(strings.Join(kinds, ","), KindInvalid) {
+		t.Errorf("observed %v", kinds)
+	}
+	mu.Unlock()
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Receive = %v after cancel, want nil", err)
+	}
+}
+
+func TestReceiverNeedsALongEnoughHold(t *testing.T) {
+	_, c := pubsubClient(t)
+	if _, err := NewReceiver(ReceiverConfig{Subscriber: c.Subscriber("inbox"), DeadLetters: &DeadLetters{}, Hold: time.Second}); err == nil {
+		t.Error("a hold shorter than one lease step was accepted")
+	}
+}
