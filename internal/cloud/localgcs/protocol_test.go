@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -209,6 +210,14 @@ func TestSingleRequestUploads(t *testing.T) {
 	}
 	if code, _, _ := r.call(t, http.MethodPost, "/upload/storage/v1/b/nosuch/o?uploadType=resumable&name=x", nil, nil); code != http.StatusNotFound {
 		t.Errorf("session in a missing bucket: %d, want 404", code)
+	}
+	for _, b := range []string{"..", "."} {
+		if code, _, _ := r.call(t, http.MethodPost, "/upload/storage/v1/b/"+b+"/o?uploadType=media&name=escaped", data, nil); code != http.StatusNotFound {
+			t.Errorf("upload into bucket %q: %d, want 404", b, code)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(filepath.Dir(r.root), "escaped")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("an upload escaped the bucket directory: %v", err)
 	}
 }
 

@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -268,8 +269,8 @@ func (s *Server) checkPreconditions(r *http.Request) error {
 	if err != nil || cond == (conditions{}) {
 		return err
 	}
-	b, err1 := pathUnescape(bucket)
-	name, err2 := pathUnescape(object)
+	b, err1 := url.PathUnescape(bucket)
+	name, err2 := url.PathUnescape(object)
 	if err1 != nil || err2 != nil {
 		return invalid("malformed object path %q", r.URL.EscapedPath())
 	}
@@ -321,6 +322,6 @@ func uploadBucket(escapedPath string) (string, bool) {
 	if !ok || bucket == "" || strings.Contains(bucket, "/") {
 		return "", false
 	}
-	name, err := pathUnescape(bucket)
+	name, err := url.PathUnescape(bucket)
 	return name, err == nil
 }

@@ -82,7 +82,12 @@ func (s *store) unlock() {
 	s.mu.Unlock()
 }
 
+// bucketExists reports whether bucket is a directory of the root ("." and
+// "..", which GCS refuses as names anyway, would be the root or above it).
 func (s *store) bucketExists(bucket string) bool {
+	if bucket == "" || bucket == "." || bucket == ".." {
+		return false
+	}
 	info, err := os.Stat(filepath.Join(s.root, url.PathEscape(bucket)))
 	return err == nil && info.IsDir()
 }

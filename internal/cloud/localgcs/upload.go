@@ -611,6 +611,3 @@ func (r *response) write(w http.ResponseWriter) {
 	w.WriteHeader(r.status)
 	_, _ = w.Write(r.body)
 }
-
-// pathUnescape undoes the path escaping of a bucket or object name.
-func pathUnescape(s string) (string, error) { return url.PathUnescape(s) }
