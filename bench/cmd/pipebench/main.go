@@ -2,16 +2,31 @@
 // bench/run.sh and prints table rows (tab-separated: measure, service,
 // baseline, ratio, target, holds) on stdout.
 //
-// It hosts, in this process on 127.0.0.1, the CVAT fake (cvatfake.Start),
-// a Pub/Sub emulator (pstest) and a GCS emulator (fake-gcs-server on disk),
-// and runs `receiver serve` against them (PUBSUB_EMULATOR_HOST,
-// STORAGE_EMULATOR_HOST), so the receiver's peak RSS is the service's own.
+// It hosts the CVAT fake (cvatfake.Start) in this process on 127.0.0.1 and
+// runs `receiver serve` against it:
+//
+//   - -cloud embedded (the default): on its embedded default, as on a
+//     laptop: the receiver runs Pub/Sub (pstest) and GCS (fake-gcs-server on
+//     disk, uploads streamed by localgcs) in its own process, so its peak
+//     RSS includes them. pipebench attaches to them through
+//     <data dir>/embedded.json, as `receiver outbox tail` does.
+//   - -cloud emulators: against external emulators in this process
+//     (cloudtest: pstest, and the same GCS server), through
+//     PUBSUB_EMULATOR_HOST and STORAGE_EMULATOR_HOST.
+//
+// In both, a subscription of pipebench's own on the outbox topic sees the
+// notices, and an export is complete when its notice arrives (its archive is
+// then read back from GCS and checked).
 //
 //   - export: one annotation save of a task whose archive is -archive-bytes
 //     long; throughput is the archive size over the time from CVAT's export
-//     request to the outbox notice. The baseline is a plain Go copy of the
-//     same bytes from the same fake (request, poll, download) into the same
-//     GCS emulator, in the same run.
+//     request to the outbox notice, peak RSS is VmHWM from /proc. The
+//     baseline, in the same run, is a plain copy of the same bytes: the same
+//     export from the same fake (request, poll, download) streamed into a
+//     file on the data directory's filesystem and fsynced, as the embedded
+//     GCS server does before an object becomes visible (a row without the
+//     fsync is printed too). Dirty pages are flushed (sync) before each
+//     measurement, so none pays for another's writeback.
 //   - coalescing: bursts of 10, 100 and 1000 signed webhook deliveries (the
 //     update:job, update:task and update:project of consecutive saves) for
 //     one task each; the count of exports and the latency from the burst's
@@ -25,6 +40,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"net/http"
 	"net/url"
@@ -37,11 +53,10 @@ import (
 	"syscall"
 	"time"
 
-	"cloud.google.com/go/pubsub/v2/pstest"
-	"cloud.google.com/go/storage"
-	"github.com/fsouza/fake-gcs-server/fakestorage"
-	"google.golang.org/api/option"
+	"cloud.google.com/go/pubsub/v2"
 
+	"github.com/cvat-sync/cvat-sync/internal/cloud"
+	"github.com/cvat-sync/cvat-sync/internal/cloud/cloudtest"
 	"github.com/cvat-sync/cvat-sync/internal/cvatfake"
 )
 
@@ -57,22 +72,25 @@ func main() {
 	bin := flag.String("receiver", "", "the receiver binary")
 	size := flag.Int64("archive-bytes", 1<<30, "size of the exported archive")
 	work := flag.String("work", os.TempDir(), "scratch directory")
+	mode := flag.String("cloud", "embedded", "embedded (the receiver's embedded default) or emulators (external, in this process)")
+	bursts := flag.Bool("bursts", true, "also measure coalescing bursts")
 	flag.Parse()
-	if err := run(*bin, *size, *work); err != nil {
+	if err := run(*bin, *size, *work, *mode, *bursts); err != nil {
 		fmt.Fprintln(os.Stderr, "pipebench:", err)
 		os.Exit(1)
 	}
 }
 
 type env struct {
-	cv   *cvatfake.Server
-	ps   *pstest.Server
-	gcs  *fakestorage.Server
-	recv *exec.Cmd
-	url  string // webhook URL
+	cv      *cvatfake.Server
+	recv    *exec.Cmd
+	url     string // webhook URL
+	dataDir string
+	obs     *cloud.Env // pipebench's own clients on the receiver's Pub/Sub and GCS
+	notices *notices
 }
 
-func run(bin string, size int64, work string) error {
+func run(bin string, size int64, work, mode string, bursts bool) error {
 	if bin == "" {
 		return errors.New("-receiver is required")
 	}
@@ -81,51 +99,85 @@ func run(bin string, size int64, work string) error {
 		return err
 	}
 	defer cv.Close()
-	ps := pstest.NewServerWithAddress("127.0.0.1:0")
-	defer ps.Close()
-	gcsRoot := filepath.Join(work, "pipebench-gcs")
-	defer os.RemoveAll(gcsRoot)
-	gcs, err := fakestorage.NewServerWithOptions(fakestorage.Options{Scheme: "http", Host: "127.0.0.1", StorageRoot: gcsRoot, Writer: io.Discard})
-	if err != nil {
+	e := &env{cv: cv, dataDir: filepath.Join(work, "pipebench-data")}
+	if err := os.RemoveAll(e.dataDir); err != nil {
 		return err
 	}
-	defer gcs.Stop()
+	if err := os.MkdirAll(e.dataDir, 0o750); err != nil {
+		return err
+	}
+	defer os.RemoveAll(e.dataDir)
+	ctx := context.Background()
 
-	e := &env{cv: cv, ps: ps, gcs: gcs}
+	var extra []string
+	var cfg cloud.Config
+	switch mode {
+	case "embedded":
+		cfg = cloud.Config{DataDir: e.dataDir, Attach: true, Getenv: func(string) string { return "" }}
+	case "emulators":
+		emDir := filepath.Join(work, "pipebench-emulators")
+		defer os.RemoveAll(emDir)
+		em, err := cloudtest.New(cloudtest.Options{Dir: emDir})
+		if err != nil {
+			return err
+		}
+		defer em.Close()
+		for k, v := range em.Env() {
+			extra = append(extra, k+"="+v)
+		}
+		cfg = cloud.Config{Project: em.Project(), Getenv: em.Getenv}
+	default:
+		return fmt.Errorf("-cloud %q: embedded or emulators", mode)
+	}
+
 	logf, err := os.Create(filepath.Join(work, "pipebench-receiver.log"))
 	if err != nil {
 		return err
 	}
 	defer logf.Close()
-	if err := e.start(bin, logf, filepath.Join(work, "pipebench-data")); err != nil {
+	if err := e.start(bin, logf, extra); err != nil {
 		return err
 	}
 	defer func() {
 		_ = e.recv.Process.Signal(syscall.SIGTERM)
 		_ = e.recv.Wait()
 	}()
+	if mode == "embedded" {
+		if _, ok := cloud.RunningEndpoints(e.dataDir); !ok {
+			return fmt.Errorf("the receiver is listening but %s names no running embedded servers", cloud.EndpointsFile(e.dataDir))
+		}
+	}
+	if e.obs, err = cloud.New(ctx, cfg); err != nil {
+		return fmt.Errorf("attach to the receiver's Pub/Sub and GCS: %w", err)
+	}
+	defer e.obs.Close()
+	if e.notices, err = collect(ctx, e.obs); err != nil {
+		return err
+	}
+	defer e.notices.stop()
 
-	if err := e.export(size); err != nil {
+	if err := e.export(ctx, size); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
-	for _, n := range []int{10, 100, 1000} {
-		if err := e.burst(n); err != nil {
-			return fmt.Errorf("burst of %d: %w", n, err)
+	if bursts {
+		for _, n := range []int{10, 100, 1000} {
+			if err := e.burst(ctx, n); err != nil {
+				return fmt.Errorf("burst of %d: %w", n, err)
+			}
 		}
 	}
 	return nil
 }
 
 // start runs the receiver and waits for its "listening" line.
-func (e *env) start(bin string, logf *os.File, dataDir string) error {
+func (e *env) start(bin string, logf *os.File, extra []string) error {
 	cmd := exec.Command(bin, "serve")
-	cmd.Env = []string{
+	cmd.Env = append([]string{
 		"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"),
-		"PUBSUB_EMULATOR_HOST=" + e.ps.Addr, "STORAGE_EMULATOR_HOST=" + e.gcs.URL(),
-		"CVAT_SYNC_WEBHOOK_SECRET=" + secret, "CVAT_SYNC_LISTEN=127.0.0.1:0", "CVAT_SYNC_DATA_DIR=" + dataDir,
+		"CVAT_SYNC_WEBHOOK_SECRET=" + secret, "CVAT_SYNC_LISTEN=127.0.0.1:0", "CVAT_SYNC_DATA_DIR=" + e.dataDir,
 		"CVAT_SYNC_CVAT_URL=" + e.cv.URL(), "CVAT_SYNC_CVAT_TOKEN=" + e.cv.Token(),
 		"CVAT_SYNC_DEBOUNCE=" + debounce.String(), "CVAT_SYNC_MAX_WAIT=10m", "CVAT_SYNC_RECONCILE_INTERVAL=0",
-	}
+	}, extra...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return err
@@ -158,28 +210,87 @@ func (e *env) start(bin string, logf *os.File, dataDir string) error {
 	}
 }
 
-// notices returns the outbox notices for task id.
-func (e *env) notices(taskID int64) []*pstest.Message {
-	var out []*pstest.Message
-	for _, m := range e.ps.Messages() {
-		if strings.HasSuffix(m.Topic, "/topics/"+outboxTopic) && m.Attributes["task_id"] == strconv.FormatInt(taskID, 10) {
-			out = append(out, m)
-		}
+// notice is an outbox message as pipebench reads it (contract v1).
+type notice struct {
+	taskID    string
+	published time.Time
+	object    struct {
+		Bucket     string `json:"bucket"`
+		Name       string `json:"name"`
+		Size       int64  `json:"size"`
+		Generation int64  `json:"generation"`
 	}
-	return out
 }
 
-// waitNotice polls (with a deadline) until task id has a notice.
-func (e *env) waitNotice(taskID int64, d time.Duration) (*pstest.Message, error) {
-	deadline := time.Now().Add(d)
+// notices receives the outbox notices through a subscription of
+// pipebench's own.
+type notices struct {
+	mu     sync.Mutex
+	byTask map[string][]notice
+	notify chan struct{} // closed and replaced at each notice
+	stop   func()
+}
+
+func collect(ctx context.Context, obs *cloud.Env) (*notices, error) {
+	sub, err := obs.CreateTempSubscription(ctx, outboxTopic, "pipebench-")
+	if err != nil {
+		return nil, err
+	}
+	n := &notices{byTask: map[string][]notice{}, notify: make(chan struct{})}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		err := sub.Subscriber().Receive(rctx, func(_ context.Context, m *pubsub.Message) {
+			m.Ack()
+			v := notice{taskID: m.Attributes["task_id"], published: m.PublishTime}
+			var data struct {
+				Object *json.RawMessage `json:"object"`
+			}
+			if json.Unmarshal(m.Data, &data) == nil && data.Object != nil {
+				_ = json.Unmarshal(*data.Object, &v.object)
+			}
+			n.mu.Lock()
+			n.byTask[v.taskID] = append(n.byTask[v.taskID], v)
+			close(n.notify)
+			n.notify = make(chan struct{})
+			n.mu.Unlock()
+		})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "pipebench: receiving notices:", err)
+		}
+	}()
+	n.stop = func() {
+		cancel()
+		<-done
+		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer dcancel()
+		_ = sub.Delete(dctx)
+	}
+	return n, nil
+}
+
+func (n *notices) of(taskID int64) []notice {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]notice(nil), n.byTask[strconv.FormatInt(taskID, 10)]...)
+}
+
+// wait returns the first notice of task id, waiting up to d.
+func (n *notices) wait(taskID int64, d time.Duration) (notice, error) {
+	timeout := time.After(d)
 	for {
-		if ns := e.notices(taskID); len(ns) > 0 {
+		n.mu.Lock()
+		ns, notify := n.byTask[strconv.FormatInt(taskID, 10)], n.notify
+		n.mu.Unlock()
+		if len(ns) > 0 {
 			return ns[0], nil
 		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("no outbox notice for task %d within %v", taskID, d)
+		select {
+		case <-notify:
+		case <-timeout:
+			return notice{}, fmt.Errorf("no outbox notice for task %d within %v", taskID, d)
 		}
-		time.Sleep(10 * time.Millisecond) // polling with a deadline
 	}
 }
 
@@ -221,12 +332,12 @@ func yes(ok bool) string {
 	return "NO"
 }
 
-func (e *env) export(size int64) error {
-	ctx := context.Background()
+func (e *env) export(ctx context.Context, size int64) error {
 	p := e.cv.AddProject(cvatfake.Project{Name: "bench"})
 	task := e.cv.AddTask(cvatfake.Task{Name: "big", ProjectID: p.ID, ArchiveSize: size})
 	job := e.cv.AddJob(cvatfake.Job{TaskID: task.ID})
 	rssBefore := hwmMiB(e.recv.Process.Pid)
+	syscall.Sync()
 	evs, err := e.cv.SaveAnnotations(job.ID)
 	if err != nil {
 		return err
@@ -234,7 +345,7 @@ func (e *env) export(size int64) error {
 	if err := e.deliver(ctx, evs); err != nil {
 		return err
 	}
-	n, err := e.waitNotice(task.ID, 30*time.Minute)
+	n, err := e.notices.wait(task.ID, 30*time.Minute)
 	if err != nil {
 		return err
 	}
@@ -247,31 +358,59 @@ func (e *env) export(size int64) error {
 	if start.IsZero() {
 		return errors.New("no export request reached CVAT")
 	}
-	svcSecs := n.PublishTime.Sub(start).Seconds()
-	svcMiBs := float64(size) / (1 << 20) / svcSecs
+	svcSecs := n.published.Sub(start).Seconds()
 	rss := hwmMiB(e.recv.Process.Pid)
-
-	plainSecs, err := e.plainCopy(ctx, task.ID, size)
-	if err != nil {
-		return fmt.Errorf("plain copy: %w", err)
+	if err := e.checkArchive(ctx, task.ID, n); err != nil {
+		return err
 	}
-	plainMiBs := float64(size) / (1 << 20) / plainSecs
+
 	label := fmt.Sprintf("export %d MiB", size>>20)
-	row(label+" MiB/s", fmt.Sprintf("%.1f", svcMiBs), fmt.Sprintf("%.1f", plainMiBs), fmt.Sprintf("%.2fx", svcMiBs/plainMiBs), ">= 0.7x", yes(svcMiBs/plainMiBs >= 0.7))
-	row(label+" seconds", fmt.Sprintf("%.1f", svcSecs), fmt.Sprintf("%.1f", plainSecs), "", "", "")
+	svcMiBs := float64(size) / (1 << 20) / svcSecs
+	plain := map[bool]float64{}
+	for _, fsync := range []bool{true, false} {
+		syscall.Sync()
+		secs, err := e.plainCopy(ctx, task.ID, size, fsync)
+		if err != nil {
+			return fmt.Errorf("plain copy: %w", err)
+		}
+		plain[fsync] = float64(size) / (1 << 20) / secs
+	}
+	row(label+" MiB/s (vs plain copy to a file + fsync)", fmt.Sprintf("%.1f", svcMiBs), fmt.Sprintf("%.1f", plain[true]), fmt.Sprintf("%.2fx", svcMiBs/plain[true]), ">= 0.7x", yes(svcMiBs/plain[true] >= 0.7))
+	row(label+" MiB/s (vs plain copy to a file, no fsync)", fmt.Sprintf("%.1f", svcMiBs), fmt.Sprintf("%.1f", plain[false]), fmt.Sprintf("%.2fx", svcMiBs/plain[false]), "", "")
+	row(label+" seconds", fmt.Sprintf("%.1f", svcSecs), fmt.Sprintf("%.1f", float64(size)/(1<<20)/plain[true]), "", "", "")
 	row(label+" peak RSS MiB", fmt.Sprintf("%.1f", rss), "", fmt.Sprintf("(%.1f before)", rssBefore), "< 64 MiB", yes(rss < 64))
 	return nil
 }
 
-// plainCopy exports task id from the fake with plain HTTP calls (request,
-// poll, download) and copies the bytes into the GCS emulator with the
-// official client, returning the seconds it took.
-func (e *env) plainCopy(ctx context.Context, taskID, size int64) (float64, error) {
-	st, err := storage.NewClient(ctx, option.WithEndpoint(e.gcs.URL()+"/storage/v1/"), option.WithoutAuthentication(), storage.WithJSONReads())
-	if err != nil {
-		return 0, err
+// checkArchive reads the notice's archive back from GCS: it must be the
+// bytes the fake served.
+func (e *env) checkArchive(ctx context.Context, taskID int64, n notice) error {
+	if n.object.Name == "" {
+		return fmt.Errorf("the notice of task %d names no object", taskID)
 	}
-	defer st.Close()
+	want, size, err := e.cv.ExpectedArchive(taskID, format)
+	if err != nil {
+		return err
+	}
+	wantCRC := crc32.New(crc32.MakeTable(crc32.Castagnoli))
+	if _, err := io.Copy(wantCRC, want); err != nil {
+		return err
+	}
+	a, err := e.obs.Storage.Bucket(n.object.Bucket).Object(n.object.Name).Attrs(ctx)
+	if err != nil {
+		return fmt.Errorf("the archive of the notice: %w", err)
+	}
+	if a.Size != size || a.CRC32C != wantCRC.Sum32() || a.Generation != n.object.Generation {
+		return fmt.Errorf("gs://%s/%s holds %d bytes (crc32c %08x, generation %d); the fake served %d (crc32c %08x), the notice says generation %d",
+			a.Bucket, a.Name, a.Size, a.CRC32C, a.Generation, size, wantCRC.Sum32(), n.object.Generation)
+	}
+	return nil
+}
+
+// plainCopy exports task id from the fake with plain HTTP calls (request,
+// poll, download) and streams the bytes into a file beside the receiver's
+// data (fsynced if asked), returning the seconds it took.
+func (e *env) plainCopy(ctx context.Context, taskID, size int64, fsync bool) (float64, error) {
 	start := time.Now()
 	do := func(method, u string) (*http.Response, error) {
 		req, err := http.NewRequestWithContext(ctx, method, u, nil)
@@ -318,12 +457,19 @@ func (e *env) plainCopy(ctx context.Context, taskID, size int64) (float64, error
 		return 0, err
 	}
 	defer resp.Body.Close()
-	w := st.Bucket(bucket).Object(fmt.Sprintf("plain-copy/task-%d.zip", taskID)).NewWriter(ctx)
-	n, err := io.Copy(w, resp.Body)
+	f, err := os.CreateTemp(e.dataDir, "plain-copy-")
 	if err != nil {
 		return 0, err
 	}
-	if err := w.Close(); err != nil {
+	defer os.Remove(f.Name())
+	n, err := io.Copy(f, resp.Body)
+	if err == nil && fsync {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return 0, err
 	}
 	if n != size {
@@ -334,8 +480,7 @@ func (e *env) plainCopy(ctx context.Context, taskID, size int64) (float64, error
 
 // burst delivers n events of consecutive saves of one task, 8 at a time,
 // and counts the exports that follow.
-func (e *env) burst(n int) error {
-	ctx := context.Background()
+func (e *env) burst(ctx context.Context, n int) error {
 	p := e.cv.AddProject(cvatfake.Project{Name: "burst"})
 	task := e.cv.AddTask(cvatfake.Task{Name: "burst", ProjectID: p.ID})
 	job := e.cv.AddJob(cvatfake.Job{TaskID: task.ID})
@@ -376,7 +521,7 @@ func (e *env) burst(n int) error {
 		return err
 	default:
 	}
-	first, err := e.waitNotice(task.ID, 2*time.Minute)
+	first, err := e.notices.wait(task.ID, 2*time.Minute)
 	if err != nil {
 		return err
 	}
@@ -385,8 +530,8 @@ func (e *env) burst(n int) error {
 	for time.Now().Before(quiet) {
 		time.Sleep(50 * time.Millisecond) // observing for a bounded while
 	}
-	exports := len(e.notices(task.ID))
-	lat := first.PublishTime.Sub(last)
+	exports := len(e.notices.of(task.ID))
+	lat := first.published.Sub(last)
 	row(fmt.Sprintf("burst of %d: exports", n), strconv.Itoa(exports), "1", fmt.Sprintf("%.0f events/export", float64(n)/float64(max(exports, 1))), "1 per burst", yes(exports == 1))
 	row(fmt.Sprintf("burst of %d: last webhook->outbox ms", n), fmt.Sprintf("%.0f", lat.Seconds()*1000), "", fmt.Sprintf("(debounce %v)", debounce), "", "")
 	return nil
