@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -15,8 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"cloud.google.com/go/pubsub/v2"
-	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 
@@ -398,12 +394,12 @@ func (c *tailCmd) run(ctx context.Context, inv invocation) error {
 			return fmt.Errorf("outbox tail: no running embedded service found in %s: start \"receiver serve\" with the same CVAT_SYNC_DATA_DIR first", cfg.DataDir)
 		}
 	}
-	env, err := cloud.Open(ctx, cloud.Settings{Project: cfg.GCPProject, DataDir: cfg.DataDir, Getenv: inv.getenv, Attach: true}, log)
+	env, err := cloud.New(ctx, cloud.Config{Project: cfg.GCPProject, DataDir: cfg.DataDir, Getenv: inv.getenv, Attach: true, Logger: log})
 	if err != nil {
 		return err
 	}
 	defer env.Close()
-	sub, err := createTempSubscription(ctx, env, cfg.OutboxTopic, "cvat-sync-tail-")
+	sub, err := env.CreateTempSubscription(ctx, cfg.OutboxTopic, "cvat-sync-tail-")
 	if err != nil {
 		return fmt.Errorf("outbox tail: %w", err)
 	}
@@ -416,35 +412,6 @@ func (c *tailCmd) run(ctx context.Context, inv invocation) error {
 	}()
 	fmt.Fprintf(inv.err, "tailing %s (notices published from now on)\n", sub.Topic)
 	return sink.Tail(ctx, sub.Subscriber(), inv.out, c.limit)
-}
-
-// tempSubscription is a subscription of the tail's own on a topic.
-//
-// TODO(cloud): this is the one place cmd speaks pubsubpb; it mirrors the
-// cloud helper's Env.CreateTempSubscription / TempSubscription (same
-// fields and methods) and goes once that lands.
-type tempSubscription struct {
-	ID, Name, Topic string
-	env             *cloud.Env
-}
-
-func createTempSubscription(ctx context.Context, env *cloud.Env, topic, prefix string) (*tempSubscription, error) {
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	id := prefix + hex.EncodeToString(b[:])
-	s := &tempSubscription{ID: id, Name: env.SubscriptionName(id), Topic: env.TopicName(topic), env: env}
-	if _, err := env.PubSub.SubscriptionAdminClient.CreateSubscription(ctx, &pubsubpb.Subscription{
-		Name: s.Name, Topic: s.Topic, AckDeadlineSeconds: 30, EnableMessageOrdering: true,
-	}); err != nil {
-		return nil, fmt.Errorf("create subscription on %s: %w (on GCP this needs roles/pubsub.editor)", topic, err)
-	}
-	return s, nil
-}
-
-func (s *tempSubscription) Subscriber() *pubsub.Subscriber { return s.env.PubSub.Subscriber(s.ID) }
-
-func (s *tempSubscription) Delete(ctx context.Context) error {
-	return s.env.PubSub.SubscriptionAdminClient.DeleteSubscription(ctx, &pubsubpb.DeleteSubscriptionRequest{Subscription: s.Name})
 }
 
 // signCmd prints the header value CVAT would send for FILE (or standard

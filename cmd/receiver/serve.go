@@ -29,7 +29,7 @@ import (
 // openCloud connects to Pub/Sub and GCS and makes sure the topics, the inbox
 // subscription and the bucket exist.
 func openCloud(ctx context.Context, cfg config.Config, getenv func(string) string, log *slog.Logger, attach bool) (*cloud.Env, error) {
-	env, err := cloud.Open(ctx, cloud.Settings{Project: cfg.GCPProject, DataDir: cfg.DataDir, Getenv: getenv, Attach: attach}, log)
+	env, err := cloud.New(ctx, cloud.Config{Project: cfg.GCPProject, DataDir: cfg.DataDir, Getenv: getenv, Attach: attach, Logger: log})
 	if err != nil {
 		return nil, err
 	}

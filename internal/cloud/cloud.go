@@ -72,9 +72,6 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Settings is the former name of Config.
-type Settings = Config
-
 // Plan is what a Config connects to, decided from the settings and the
 // environment alone (no network).
 type Plan struct {
@@ -149,15 +146,6 @@ type Endpoints struct {
 
 // EndpointsFile is the path of the embedded default's endpoints file.
 func EndpointsFile(dataDir string) string { return filepath.Join(dataDir, "embedded.json") }
-
-// Open is New with the logger given apart, as cmd/receiver calls it; new
-// callers use New with Config.Logger.
-func Open(ctx context.Context, s Settings, log *slog.Logger) (*Env, error) {
-	if s.Logger == nil {
-		s.Logger = log
-	}
-	return New(ctx, s)
-}
 
 // New connects according to cfg (see Config.Plan).
 func New(ctx context.Context, cfg Config) (*Env, error) {
