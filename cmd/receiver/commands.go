@@ -101,12 +101,16 @@ func (b *backfillCmd) run(ctx context.Context, inv invocation) error {
 	}
 	sum, err := pipeline.Backfill(ctx, syncer, pipeline.BackfillOptions{Filter: filter, DryRun: b.dryRun, Progress: progress})
 	if err != nil {
-		return err
+		return fmt.Errorf("backfill: %w", err)
 	}
 	fmt.Fprintf(inv.out, "backfill: %d tasks: %d exported, %d already up to date, %d would be exported, %d gone, %d failed\n",
 		sum.Tasks, sum.Exported, sum.Unchanged, sum.Missing, sum.Gone, sum.Failed)
 	for _, e := range sum.Errors {
 		fmt.Fprintln(inv.out, "  failed:", e)
+	}
+	if sum.Listing != nil {
+		fmt.Fprintln(inv.out, "  incomplete:", sum.Listing)
+		return &exitError{code: exitIncomplete, err: fmt.Errorf("backfill: the task list is incomplete (%d tasks listed, %d not exported): %w", sum.Tasks, sum.Failed, sum.Listing)}
 	}
 	if sum.Failed > 0 {
 		return &exitError{code: exitIncomplete, err: fmt.Errorf("backfill: %d of %d tasks not exported", sum.Failed, sum.Tasks)}

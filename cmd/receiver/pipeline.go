@@ -71,7 +71,7 @@ func startPipeline(ctx context.Context, env *cloud.Env, cv *cvatapi.Client, queu
 		ReconcileInterval: cfg.ReconcileInterval, FullReconcileInterval: cfg.FullReconcileInterval,
 		Since: cfg.SyncSince, MaxDeleteFraction: cfg.MaxDeleteFraction, Metrics: pm, Registerer: reg, Logger: log}
 	recv, err := inbox.NewReceiver(inbox.ReceiverConfig{Subscriber: env.PubSub.Subscriber(cfg.InboxSubscription),
-		DeadLetters: dlq, Hold: pipeline.LeaseHold(pcfg), Logger: log.With("component", "inbox")})
+		DeadLetters: dlq, Hold: pipeline.LeaseHold(pcfg), Observe: pm.ObserveInbox, Logger: log.With("component", "inbox")})
 	if err != nil {
 		dlq.Stop()
 		return nil, nil, err

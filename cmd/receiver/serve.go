@@ -167,6 +167,12 @@ func serve(ctx context.Context, cfg config.Config, getenv func(string) string, s
 			return err
 		}
 		defer s.outbox.Stop()
+		// Everything that can refuse the configuration is built before the
+		// pipeline starts, so an error leaves nothing running.
+		rd, err := newRedeliverer(cfg, reg, log)
+		if err != nil {
+			return err
+		}
 		p, stopDLQ, err := startPipeline(ctx, env, cv, queue, s, cfg, pm, reg, log)
 		if err != nil {
 			return err
@@ -175,9 +181,7 @@ func serve(ctx context.Context, cfg config.Config, getenv func(string) string, s
 		pipe = p
 		bg.Add(1)
 		go func() { defer bg.Done(); startupChecks(bgCtx, cv, cfg, log, fatal) }()
-		if rd, err := newRedeliverer(cfg, reg, log); err != nil {
-			return err
-		} else if rd != nil {
+		if rd != nil {
 			bg.Add(1)
 			go func() { defer bg.Done(); _ = rd.Run(bgCtx) }()
 		}

@@ -64,6 +64,11 @@ var (
 	// the export (ExportOptions.UpdatedDate): the archive may not hold the
 	// state the caller asked for. The error is a *StateChangedError.
 	ErrStateChanged = errors.New("cvat: task changed during the export")
+	// ErrUnknownOrganization reports CVAT's 404 for the organization of the
+	// request (X-Organization, Config.Org) rather than for the object asked
+	// for: nothing can be read in that context, and nothing read there is
+	// gone.
+	ErrUnknownOrganization = errors.New("cvat: the configured organization does not exist, or the credentials are not a member")
 )
 
 // StatusError is a non-2xx answer.
@@ -95,7 +100,9 @@ func (e *StatusError) Error() string {
 func (e *StatusError) Is(target error) bool {
 	switch target {
 	case ErrNotFound:
-		return e.Code == http.StatusNotFound && isJSON(e.ContentType)
+		return e.Code == http.StatusNotFound && isJSON(e.ContentType) && !e.unknownOrganization()
+	case ErrUnknownOrganization:
+		return e.unknownOrganization()
 	case ErrUnauthorized:
 		return e.Code == http.StatusUnauthorized
 	case ErrForbidden:
@@ -110,6 +117,13 @@ func (e *StatusError) Is(target error) bool {
 		}
 	}
 	return false
+}
+
+// unknownOrganization: CVAT answers a request in an organization context it
+// does not know with 404 "<slug> organization does not exist." (2.4 and
+// later; 2.3.0 answers 400 with Django's HTML page, which is no 404 either).
+func (e *StatusError) unknownOrganization() bool {
+	return e.Code == http.StatusNotFound && strings.HasSuffix(strings.TrimSpace(e.Detail), "organization does not exist.")
 }
 
 // NetError is a transport failure (connection refused or dropped, timeout).

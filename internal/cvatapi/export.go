@@ -182,7 +182,7 @@ func (c *Client) requestExport(wctx context.Context, taskID int64, format string
 		switch resp.StatusCode {
 		case http.StatusNotFound:
 			se := statusErrorFrom(post, resp, b)
-			if errors.Is(se, ErrNotFound) {
+			if errors.Is(se, ErrNotFound) || errors.Is(se, ErrUnknownOrganization) {
 				return "", se
 			}
 			return "", &mismatchError{se} // no such route: a release before 2.16

@@ -87,8 +87,8 @@ func TestListTasksSkipsAFailingPage(t *testing.T) {
 		f.ClearFaults()
 		c := newClient(t, f, func(c *cvatapi.Config) { c.Org = "nope" })
 		_, err := listIDs(t, c, cvatapi.TaskFilter{})
-		if errors.Is(err, cvatapi.ErrIncompleteListing) || !errors.Is(err, cvatapi.ErrNotFound) {
-			t.Fatalf("err = %v", err)
+		if errors.Is(err, cvatapi.ErrIncompleteListing) || !errors.Is(err, cvatapi.ErrUnknownOrganization) || errors.Is(err, cvatapi.ErrNotFound) {
+			t.Fatalf("err = %v; want ErrUnknownOrganization, never ErrNotFound (nothing read there is gone)", err)
 		}
 	})
 }

@@ -63,7 +63,7 @@ func FromEnvelope(e event.Envelope, receivedAt time.Time, requestID string) Item
 		WebhookID: e.WebhookID, Sender: e.Sender, Status: e.Status,
 		UpdatedDate: e.UpdatedDate, ReceivedAt: receivedAt.UTC(), Source: string(task.SourceWebhook), RequestID: requestID,
 	}
-	if e.Resource == event.ResourceTask && e.Action == "delete" {
+	if e.Resource == event.ResourceTask && e.Action == string(task.ActionDelete) {
 		it.TaskName = taskName(e.Raw)
 	}
 	return it

@@ -20,6 +20,9 @@ type BackfillOptions struct {
 
 // BackfillSummary counts what Backfill did.
 type BackfillSummary struct {
+	// Listing, if not nil, says the task list is incomplete (pages that
+	// kept failing were skipped): the tasks of the other pages were done.
+	Listing   error
 	Tasks     int
 	Exported  int // tasks with a new archive or notice
 	Unchanged int // tasks already exported in their current state
@@ -35,13 +38,14 @@ type BackfillSummary struct {
 // only when the task list could not be read.
 func Backfill(ctx context.Context, s *Syncer, o BackfillOptions) (BackfillSummary, error) {
 	var tasks []cvatapi.Task
-	if err := s.cfg.CVAT.ListTasks(ctx, o.Filter, func(t cvatapi.Task) error {
+	err := s.cfg.CVAT.ListTasks(ctx, o.Filter, func(t cvatapi.Task) error {
 		tasks = append(tasks, t)
 		return nil
-	}); err != nil {
-		return BackfillSummary{}, fmt.Errorf("backfill: list tasks: %w", err)
+	})
+	if err != nil && !errors.Is(err, cvatapi.ErrIncompleteListing) {
+		return BackfillSummary{}, err
 	}
-	sum := BackfillSummary{Tasks: len(tasks)}
+	sum := BackfillSummary{Tasks: len(tasks), Listing: err}
 	progress := o.Progress
 	if progress == nil {
 		progress = func(int, int, cvatapi.Task, string) {}
@@ -61,7 +65,7 @@ func Backfill(ctx context.Context, s *Syncer, o BackfillOptions) (BackfillSummar
 func backfillOne(ctx context.Context, s *Syncer, t cvatapi.Task, dryRun bool, sum *BackfillSummary) string {
 	fail := func(err error) string {
 		sum.Failed++
-		sum.Errors = append(sum.Errors, fmt.Errorf("task %d: %w", t.ID, err))
+		sum.Errors = append(sum.Errors, err)
 		return "failed"
 	}
 	if dryRun {
@@ -96,7 +100,7 @@ func backfillOne(ctx context.Context, s *Syncer, t cvatapi.Task, dryRun bool, su
 		sum.Exported++
 		return "exported"
 	case res.Outcome == OutcomeHidden:
-		return fail(errors.New("CVAT refuses to show the task (403)"))
+		return fail(fmt.Errorf("task %d: CVAT refuses to show it to these credentials (403)", t.ID))
 	}
 	sum.Unchanged++
 	return "unchanged"

@@ -68,9 +68,11 @@ type ConvergerConfig struct {
 	RequeueAfter time.Duration
 	// PageSize of the task listings; default listPageSize.
 	PageSize int
-	Metrics  *Metrics
-	Logger   *slog.Logger
-	Now      func() time.Time
+	// Offset, if set, is told CVAT's clock minus ours at every pass.
+	Offset  func(time.Duration)
+	Metrics *Metrics
+	Logger  *slog.Logger
+	Now     func() time.Time
 }
 
 // deleteFloor: the deletion guard applies only above this many deletions.
@@ -106,10 +108,14 @@ type enqueuedState struct {
 
 // NewConverger validates cfg.
 func NewConverger(cfg ConvergerConfig) (*Converger, error) {
-	if cfg.CVAT == nil || cfg.Records == nil || cfg.Queue == nil || len(cfg.Formats) == 0 {
-		return nil, errors.New("pipeline: converger needs CVAT, Records, Queue and Formats")
+	if err := missing("converger", map[string]bool{"CVAT": cfg.CVAT == nil, "Records": cfg.Records == nil,
+		"Queue": cfg.Queue == nil, "Formats": len(cfg.Formats) == 0}); err != nil {
+		return nil, err
 	}
-	if _, err := ParseSince(cfg.Since, time.Now()); err != nil {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if _, err := ParseSince(cfg.Since, cfg.Now()); err != nil {
 		return nil, err
 	}
 	if cfg.Since == "" {
@@ -136,8 +142,8 @@ func NewConverger(cfg ConvergerConfig) (*Converger, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Offset == nil {
+		cfg.Offset = func(time.Duration) {}
 	}
 	m := cfg.Metrics
 	if m == nil {
@@ -263,7 +269,7 @@ func (c *Converger) pass(ctx context.Context, full bool) (PassResult, error) {
 		full = true // nothing known yet: an incremental pass could not judge
 	}
 	c.offset = clock.Sub(c.cfg.Now())
-	c.since = cur.Since
+	c.cfg.Offset(c.offset)
 	c.mu.Unlock()
 
 	recs := map[int64]sink.Record{}
@@ -316,13 +322,13 @@ func (c *Converger) pass(ctx context.Context, full bool) (PassResult, error) {
 	behind := map[int64]time.Time{}
 	live := 0
 	for _, r := range recs {
-		if r.Deleted == nil {
+		if r.Exported() && r.Deleted == nil {
 			live++
 		}
 	}
 	for _, st := range known {
 		rec := recs[st.ID]
-		if !c.inScope(st, rec, cur.Since) || (rec.Current(c.cfg.Formats, st.UpdatedDate) && rec.Deleted == nil) {
+		if !c.behindState(st, rec, cur.Since) {
 			continue
 		}
 		behind[st.ID] = st.UpdatedDate
@@ -345,13 +351,23 @@ func (c *Converger) pass(ctx context.Context, full bool) (PassResult, error) {
 		res.Enqueued++
 	}
 
-	// What is gone: only a complete full listing can say.
+	// What is gone: only a complete full listing can say, and only of the
+	// exported tasks of the organization it lists (a backfill of another
+	// organization's tasks leaves records this listing never shows).
 	if full && !res.Partial {
+		orgs := map[int64]bool{}
+		for _, st := range listed {
+			orgs[st.OrganizationID] = true
+		}
 		var gone []sink.Record
 		for id, r := range recs {
-			if _, ok := listed[id]; !ok && r.Deleted == nil {
-				gone = append(gone, r)
+			if _, ok := listed[id]; ok || !r.Exported() || r.Deleted != nil {
+				continue
 			}
+			if len(orgs) > 0 && !orgs[r.Task.OrganizationID] {
+				continue
+			}
+			gone = append(gone, r)
 		}
 		blocked := len(gone) > deleteFloor && float64(len(gone)) > c.cfg.MaxDeleteFraction*float64(live)
 		res.Blocked = blocked
@@ -380,13 +396,22 @@ func (c *Converger) pass(ctx context.Context, full bool) (PassResult, error) {
 		c.lastFull = started
 	}
 	c.passes++
+	for id, e := range c.enqueued {
+		if now.Sub(e.at) >= c.cfg.RequeueAfter {
+			delete(c.enqueued, id)
+		}
+	}
 	c.mu.Unlock()
 	c.m.failing.Set(float64(res.Failing))
 	c.m.recorded.Set(float64(live))
 
-	cur.Watermark = clock
-	if full && !res.Partial {
-		cur.LastFull = clock
+	// A partial pass keeps the watermark: the changes on the pages it
+	// skipped must stay inside the next incremental window.
+	if !res.Partial {
+		cur.Watermark = clock
+		if full {
+			cur.LastFull = clock
+		}
 	}
 	if _, err := c.cfg.Records.SaveCursor(ctx, cur); err != nil && !errors.Is(err, sink.ErrConflict) {
 		return res, err
@@ -415,6 +440,11 @@ func (c *Converger) cursor(ctx context.Context, clock time.Time) (sink.Cursor, e
 	if err != nil {
 		return cur, err
 	}
+	defer func() {
+		c.mu.Lock()
+		c.since = cur.Since
+		c.mu.Unlock()
+	}()
 	if cur.SinceSetting == c.cfg.Since && (c.cfg.Since != SinceFirstStart || !cur.Since.IsZero()) {
 		return cur, nil
 	}
@@ -443,13 +473,18 @@ func (c *Converger) cursor(ctx context.Context, clock time.Time) (sink.Cursor, e
 	return cur, nil
 }
 
-// inScope: the desired state covers tasks in the record, and tasks changed
-// since the scope's start; the completed policy only completed tasks.
-func (c *Converger) inScope(st task.State, rec sink.Record, since time.Time) bool {
-	if c.cfg.Policy == task.PolicyCompleted && st.Status != "completed" {
+// behindState reports whether task st is in scope and its state not yet
+// done: not announced in every format, or, under the completed policy, not
+// yet looked at (a state the policy checked and found not due is done).
+// Scope: tasks in the record, and tasks changed since the scope's start.
+func (c *Converger) behindState(st task.State, rec sink.Record, since time.Time) bool {
+	if !rec.Exists() && !since.IsZero() && st.UpdatedDate.Before(since) {
 		return false
 	}
-	return rec.Exists() || since.IsZero() || !st.UpdatedDate.Before(since)
+	if rec.Current(c.cfg.Formats, st.UpdatedDate) && rec.Deleted == nil {
+		return false
+	}
+	return c.cfg.Policy != task.PolicyCompleted || !rec.Checked.Equal(st.UpdatedDate)
 }
 
 func (c *Converger) recentlyEnqueued(st task.State, now time.Time) bool {
@@ -472,11 +507,24 @@ func (c *Converger) enqueue(ctx context.Context, e task.Event, reason string) er
 	return nil
 }
 
-// MarkCurrent records that task st's state is now announced (the worker
-// calls it after each sync), so the behind gauges move between passes.
-func (c *Converger) MarkCurrent(st task.State) {
+// Synced takes the result of a sync (the worker calls it after each), so
+// the behind gauges move between passes: a state now announced or checked
+// is no longer behind, a task gone is no longer known.
+func (c *Converger) Synced(res Result) {
+	st := res.State
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	switch res.Outcome {
+	case OutcomeDeleted, OutcomeGone, OutcomeHidden:
+		if st.ID != 0 {
+			delete(c.known, st.ID)
+			delete(c.behind, st.ID)
+			delete(c.enqueued, st.ID)
+		}
+		return
+	case OutcomeFailed, "":
+		return
+	}
 	if u, ok := c.behind[st.ID]; ok && !u.After(st.UpdatedDate) {
 		delete(c.behind, st.ID)
 	}
@@ -517,14 +565,28 @@ func (c *Converger) ProjectChanged(ctx context.Context, projectID int64, trig ta
 		return 0, err
 	}
 	c.mu.Lock()
-	since := c.since
+	since, unread := c.since, c.since.IsZero()
 	c.mu.Unlock()
+	if unread && c.cfg.Since != SinceAll {
+		// The scope is not read yet (CVAT was unreachable at start): read it
+		// now rather than export the project's history.
+		if err := c.fixScope(ctx); err != nil {
+			return 0, err
+		}
+		c.mu.Lock()
+		since = c.since
+		c.mu.Unlock()
+	}
 	n := 0
+	now := c.cfg.Now()
 	err := c.cfg.CVAT.ListTasks(ctx, cvatapi.TaskFilter{ProjectID: projectID, PageSize: c.cfg.PageSize}, func(t cvatapi.Task) error {
 		st := stateOf(t)
 		rec := recs[st.ID]
-		if !c.inScope(st, rec, since) || rec.Current(c.cfg.Formats, st.UpdatedDate) {
+		if !c.behindState(st, rec, since) {
 			return nil
+		}
+		if f := rec.Failure; f != nil && f.UpdatedDate.Equal(st.UpdatedDate) && now.Before(f.Next) {
+			return nil // its backoff is convergence's to end
 		}
 		n++
 		return c.enqueue(ctx, task.Event{Name: EventProject, Resource: task.ResourceTask, Action: task.ActionUpdate,
@@ -552,7 +614,7 @@ func (c *Converger) ProjectDeleted(ctx context.Context, projectID int64, trig ta
 	}
 	var recs []sink.Record
 	if err := c.cfg.Records.List(ctx, func(r sink.Record) error {
-		if r.Task.ProjectID == projectID && r.Deleted == nil {
+		if r.Task.ProjectID == projectID && r.Exported() && r.Deleted == nil {
 			recs = append(recs, r)
 		}
 		return nil

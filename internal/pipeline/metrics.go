@@ -183,6 +183,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	return m, nil
 }
 
+// ObserveInbox counts an inbox message the receiver could not read, by kind
+// (inbox.KindInvalid, inbox.KindOtherVersion): inbox.ReceiverConfig.Observe.
+func (m *Metrics) ObserveInbox(kind string) { m.items.WithLabelValues(kind).Inc() }
+
 // InitFormats starts the per-format series at 0.
 func (m *Metrics) InitFormats(formats []string) {
 	for _, f := range formats {

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -94,28 +95,54 @@ func New(cfg Config) (*Pipeline, error) {
 		}
 	}
 	m.InitFormats(cfg.Formats)
+	// The converger measures CVAT's clock at every pass; the syncer reads
+	// CVAT's dates against it.
+	var clock cvatClock
+	clock.now = cfg.Now
+	if clock.now == nil {
+		clock.now = time.Now
+	}
 	s, err := NewSyncer(SyncerConfig{CVAT: cfg.CVAT, Archives: cfg.Archives, Records: cfg.Records, Outbox: cfg.Outbox,
 		Formats: cfg.Formats, SaveImages: cfg.SaveImages, Policy: cfg.Policy, ConfirmDelay: cfg.ConfirmDelay,
-		Metrics: m, Logger: cfg.Logger.With("component", "syncer"), Now: cfg.Now})
+		Metrics: m, Logger: cfg.Logger.With("component", "syncer"), Now: cfg.Now, CVATNow: clock.Now})
 	if err != nil {
 		return nil, err
 	}
 	c, err := NewConverger(ConvergerConfig{CVAT: cfg.CVAT, Records: cfg.Records, Queue: cfg.Queue, Formats: cfg.Formats,
 		Policy: s.Policy(), Interval: cfg.ReconcileInterval, FullInterval: cfg.FullReconcileInterval, Since: cfg.Since,
-		MaxDeleteFraction: cfg.MaxDeleteFraction, PageSize: cfg.ListPageSize, Metrics: m, Logger: cfg.Logger.With("component", "converger"), Now: cfg.Now})
+		MaxDeleteFraction: cfg.MaxDeleteFraction, PageSize: cfg.ListPageSize, Metrics: m, Logger: cfg.Logger.With("component", "converger"),
+		Now: cfg.Now, Offset: clock.set})
 	if err != nil {
 		return nil, err
 	}
 	w, err := NewWorker(WorkerConfig{Inbox: cfg.Inbox, Syncer: s, Fanout: c, DeadLetters: cfg.DeadLetters,
 		Debounce: cfg.Debounce, MaxWait: cfg.MaxWait, MaxAttempts: cfg.MaxAttempts, Concurrency: cfg.Concurrency,
-		Tick: cfg.Tick, RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax, HoldMax: cfg.HoldMax, OnSynced: c.MarkCurrent,
+		Tick: cfg.Tick, RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax, HoldMax: cfg.HoldMax, OnSynced: c.Synced,
 		Metrics: m, Logger: cfg.Logger.With("component", "worker"), Now: cfg.Now})
 	if err != nil {
 		return nil, err
 	}
-	return &Pipeline{cfg: cfg, m: m, syncer: s, worker: w, conv: c,
-		stopWorker: make(chan context.Context, 1), failed: make(chan error, 1)}, nil
+	p := &Pipeline{cfg: cfg, m: m, syncer: s, worker: w, conv: c,
+		stopWorker: make(chan context.Context, 1), failed: make(chan error, 1)}
+	w.cfg.OnFailed = func(err error) {
+		select {
+		case p.failed <- err:
+		default:
+		}
+	}
+	return p, nil
 }
+
+// cvatClock is CVAT's clock as last measured: ours plus an offset.
+type cvatClock struct {
+	offset atomic.Int64
+	now    func() time.Time
+}
+
+func (c *cvatClock) set(d time.Duration) { c.offset.Store(int64(d)) }
+
+// Now is CVAT's time now, by the last measure.
+func (c *cvatClock) Now() time.Time { return c.now().Add(time.Duration(c.offset.Load())) }
 
 // LeaseHold is how long the inbox must be able to hold a message for the
 // worker (inbox.ReceiverConfig.Hold).
@@ -141,12 +168,7 @@ func (p *Pipeline) Start(ctx context.Context) {
 	p.wg.Add(2)
 	go func() {
 		defer p.wg.Done()
-		if err := p.worker.run(work, p.stopWorker); err != nil {
-			select {
-			case p.failed <- err:
-			default:
-			}
-		}
+		_ = p.worker.run(work, p.stopWorker) // its failure went to OnFailed
 	}()
 	go func() {
 		defer p.wg.Done()

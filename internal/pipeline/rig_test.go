@@ -18,6 +18,7 @@ import (
 	"cloud.google.com/go/storage"
 	"github.com/fsouza/fake-gcs-server/fakestorage"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/api/option"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -39,6 +40,7 @@ type rigOptions struct {
 	policy      task.Policy
 	maxAttempts int
 	debounce    time.Duration
+	maxWait     time.Duration
 	since       string
 	maxDelete   float64
 	fake        cvatfake.Options
@@ -144,7 +146,7 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	r.queue = inbox.NewQueue(r.client.Publisher("inbox"), 0)
 	dead := inbox.NewDeadLetters(r.client.Publisher("dead"))
 	cfg := Config{CVAT: r.cv, Archives: r.archives, Records: r.records, Outbox: outbox, Queue: r.queue, DeadLetters: dead,
-		Formats: []string{rigFormat}, Policy: o.policy, Debounce: o.debounce, MaxWait: max(time.Second, 2*o.debounce),
+		Formats: []string{rigFormat}, Policy: o.policy, Debounce: o.debounce, MaxWait: max(time.Second, 2*o.debounce, o.maxWait),
 		MaxAttempts: o.maxAttempts, Since: o.since, MaxDeleteFraction: o.maxDelete,
 		Tick: 5 * time.Millisecond, RetryMin: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond, ConfirmDelay: 10 * time.Millisecond,
 		ListPageSize: 2,
@@ -284,6 +286,14 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond) // polling with a deadline
 	}
+}
+
+func counter(c interface{ Write(*dto.Metric) error }) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil || m.Counter == nil {
+		return 0
+	}
+	return m.Counter.GetValue()
 }
 
 type roundTripFunc func(*http.Request) (*http.Response, error)

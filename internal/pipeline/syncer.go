@@ -2,11 +2,14 @@ package pipeline
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/cvat-sync/cvat-sync/internal/cvatapi"
@@ -31,6 +34,8 @@ type Archives interface {
 	Put(ctx context.Context, k sink.Key, m sink.Metadata, r io.Reader, commit func(context.Context) error) (sink.Object, error)
 	Stat(ctx context.Context, k sink.Key) (sink.Object, bool, error)
 	HasAny(ctx context.Context, id int64) (bool, error)
+	IsArchive(ctx context.Context, o sink.Object) (bool, error)
+	Discard(ctx context.Context, o sink.Object) error
 }
 
 // Records is what the pipeline needs of the bucket's record.
@@ -84,6 +89,10 @@ type SyncerConfig struct {
 	Metrics      *Metrics // nil: metrics registered nowhere
 	Logger       *slog.Logger
 	Now          func() time.Time
+	// CVATNow is CVAT's clock, against which its updated_date is read for
+	// the debounce; default Now (the pipeline passes the converger's
+	// estimate, measured from CVAT's Date header at every pass).
+	CVATNow func() time.Time
 }
 
 // Syncer makes one task's export match its state in CVAT: it reads the
@@ -99,8 +108,9 @@ type Syncer struct {
 
 // NewSyncer validates cfg.
 func NewSyncer(cfg SyncerConfig) (*Syncer, error) {
-	if cfg.CVAT == nil || cfg.Archives == nil || cfg.Records == nil || cfg.Outbox == nil {
-		return nil, errors.New("pipeline: syncer needs CVAT, Archives, Records and Outbox")
+	if err := missing("syncer", map[string]bool{"CVAT": cfg.CVAT == nil, "Archives": cfg.Archives == nil,
+		"Records": cfg.Records == nil, "Outbox": cfg.Outbox == nil}); err != nil {
+		return nil, err
 	}
 	if len(cfg.Formats) == 0 {
 		return nil, errors.New("pipeline: syncer needs at least one format")
@@ -119,6 +129,9 @@ func NewSyncer(cfg SyncerConfig) (*Syncer, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.CVATNow == nil {
+		cfg.CVATNow = cfg.Now
 	}
 	m := cfg.Metrics
 	if m == nil {
@@ -175,14 +188,17 @@ func (s *Syncer) Sync(ctx context.Context, r Request) (Result, error) {
 		// our credentials is not deleted.
 		s.m.syncs.WithLabelValues(string(OutcomeHidden)).Inc()
 		s.cfg.Logger.Warn("task not visible to cvat-sync's CVAT user (403); not taken as deleted", "task_id", id)
-		return Result{Outcome: OutcomeHidden}, nil
+		return Result{State: task.State{ID: id}, Outcome: OutcomeHidden}, nil
 	case err != nil:
 		return Result{}, err
 	}
 	st := stateOf(ct)
 	if r.Quiet > 0 {
-		if quietAt := st.UpdatedDate.Add(r.Quiet); s.cfg.Now().Before(quietAt) && (r.Deadline.IsZero() || s.cfg.Now().Before(r.Deadline)) {
-			until := quietAt
+		// Quiet by CVAT's account (its updated_date on its clock); the
+		// deadline is ours.
+		now := s.cfg.Now()
+		if wait := st.UpdatedDate.Add(r.Quiet).Sub(s.cfg.CVATNow()); wait > 0 && (r.Deadline.IsZero() || now.Before(r.Deadline)) {
+			until := now.Add(wait)
 			if !r.Deadline.IsZero() && r.Deadline.Before(until) {
 				until = r.Deadline
 			}
@@ -198,6 +214,19 @@ func (s *Syncer) Sync(ctx context.Context, r Request) (Result, error) {
 		return Result{State: st}, err
 	}
 	if !due {
+		// Recorded, so passes do not check this state again.
+		if !rec.Checked.Equal(st.UpdatedDate) {
+			if _, err := s.cfg.Records.Update(ctx, id, func(r *sink.Record) (bool, error) {
+				r.Checked = st.UpdatedDate.UTC()
+				r.Failure = nil
+				if r.Task.UpdatedDate.IsZero() || !st.UpdatedDate.Before(r.Task.UpdatedDate) {
+					r.SetState(st)
+				}
+				return true, nil
+			}); err != nil {
+				return Result{State: st}, err
+			}
+		}
 		s.m.syncs.WithLabelValues(string(OutcomeSkipped)).Inc()
 		return Result{State: st, Outcome: OutcomeSkipped}, nil
 	}
@@ -268,10 +297,10 @@ func (s *Syncer) readTask(ctx context.Context, id int64) (cvatapi.Task, error) {
 }
 
 // due applies the policy to the task's current state. Under the completed
-// policy a state is due when the task is completed, or when a job reached
-// completed that had not been completed at the last export; it returns the
-// completed jobs to record with the export.
-func (s *Syncer) due(ctx context.Context, st task.State, rec sink.Record) ([]int64, bool, error) {
+// policy a state is due when the task is completed, or when its set of
+// completed jobs is not the one of the last export (a job reached
+// completed); it returns the completed jobs to record with the export.
+func (s *Syncer) due(ctx context.Context, st task.State, rec sink.Record) (*sink.CompletedJobs, bool, error) {
 	if s.cfg.Policy != task.PolicyCompleted {
 		return nil, true, nil
 	}
@@ -279,33 +308,61 @@ func (s *Syncer) due(ctx context.Context, st task.State, rec sink.Record) ([]int
 	if err != nil {
 		return nil, false, err
 	}
-	var completed []int64
+	var ids []int64
 	for _, j := range jobs {
-		if j.State == "completed" {
-			completed = append(completed, j.ID)
+		if j.State == task.StatusCompleted {
+			ids = append(ids, j.ID)
 		}
 	}
-	slices.Sort(completed)
-	if st.Status == "completed" {
+	completed := completedJobs(ids)
+	if st.Status == task.StatusCompleted {
 		return completed, true, nil
 	}
-	for _, j := range completed {
-		if !slices.Contains(rec.CompletedJobs, j) {
-			return completed, true, nil
-		}
+	if completed == nil || (rec.Completed != nil && *rec.Completed == *completed) {
+		return completed, false, nil
 	}
-	return completed, false, nil
+	return completed, true, nil
+}
+
+// completedJobs is the count and digest of a set of job ids (nil: none).
+func completedJobs(ids []int64) *sink.CompletedJobs {
+	if len(ids) == 0 {
+		return nil
+	}
+	slices.Sort(ids)
+	h := sha256.New()
+	for _, id := range ids {
+		fmt.Fprintf(h, "%d,", id)
+	}
+	return &sink.CompletedJobs{Count: len(ids), Digest: hex.EncodeToString(h.Sum(nil)[:12])}
 }
 
 // exportFormat makes one format of state st current: the archive (written
 // unless it exists), its notice, and the record of the notice.
-func (s *Syncer) exportFormat(ctx context.Context, st task.State, format string, trig task.Trigger, info sink.CVAT, completedJobs []int64) (Outcome, error) {
+func (s *Syncer) exportFormat(ctx context.Context, st task.State, format string, trig task.Trigger, info sink.CVAT, completed *sink.CompletedJobs) (Outcome, error) {
 	key := sink.Key{TaskID: st.ID, Format: format, UpdatedDate: st.UpdatedDate}
 	obj, exists, err := s.cfg.Archives.Stat(ctx, key)
 	if err != nil {
 		return OutcomeFailed, err
 	}
 	outcome := OutcomeAnnounced
+	if exists {
+		// Written but not recorded as announced: a crash between the two, or
+		// an archive of a release that kept no record (which stored what a
+		// proxy answered, an HTML page, as the archive). Announce it only if
+		// it is one.
+		ok, err := s.cfg.Archives.IsArchive(ctx, obj)
+		if err != nil {
+			return OutcomeFailed, err
+		}
+		if !ok {
+			s.cfg.Logger.Warn("the stored object of this state is not an archive; exporting it again", "object", obj.URI)
+			if err := s.cfg.Archives.Discard(ctx, obj); err != nil {
+				return OutcomeFailed, err
+			}
+			exists = false
+		}
+	}
 	if !exists {
 		if obj, err = s.download(ctx, st, format, key, info); err != nil {
 			return OutcomeFailed, err
@@ -318,11 +375,11 @@ func (s *Syncer) exportFormat(ctx context.Context, st task.State, format string,
 	notice := sink.NewExportNotice(obj, format, info, st, trig, s.cfg.Now())
 	msgID, err := s.cfg.Outbox.Publish(ctx, notice)
 	if err != nil {
-		return OutcomeFailed, fmt.Errorf("announce %s: %w", obj.URI, err)
+		return OutcomeFailed, err
 	}
 	// The notice is out: record it even if the work is being cancelled
 	// (shutdown), or the next sync would announce the state again.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	rctx, cancel := afterWork(ctx)
 	defer cancel()
 	now := s.cfg.Now().UTC()
 	_, err = s.cfg.Records.Update(rctx, st.ID, func(r *sink.Record) (bool, error) {
@@ -333,18 +390,22 @@ func (s *Syncer) exportFormat(ctx context.Context, st task.State, format string,
 			r.Formats = map[string]sink.Announced{}
 		}
 		r.Formats[format] = sink.Announced{UpdatedDate: st.UpdatedDate.UTC(), Generation: obj.Generation, At: now}
-		r.SetState(st)
-		r.Deleted = nil
+		if newer := r.Task.UpdatedDate.IsZero() || st.UpdatedDate.After(r.Task.UpdatedDate); newer || r.Task.UpdatedDate.Equal(st.UpdatedDate) {
+			r.SetState(st)
+			if newer {
+				r.Deleted = nil // a task seen again after its deletion (moved back, restored)
+			}
+		}
 		if r.Current(s.cfg.Formats, st.UpdatedDate) {
 			r.Failure = nil
-			r.CompletedJobs = completedJobs
+			r.Completed = completed
 		}
 		return true, nil
 	})
 	if err != nil {
 		// The notice is out; a later sync announces the same export_id
 		// again, which consumers de-duplicate.
-		return OutcomeFailed, fmt.Errorf("record the notice of %s: %w", obj.URI, err)
+		return OutcomeFailed, err
 	}
 	s.cfg.Logger.Info("task exported", "task_id", st.ID, "format", format, "outcome", string(outcome),
 		"object", obj.URI, "generation", obj.Generation, "size", obj.Size, "updated_date", st.UpdatedDate,
@@ -373,7 +434,7 @@ func (s *Syncer) download(ctx context.Context, st task.State, format string, key
 	}, counted, func(ctx context.Context) error {
 		now, err := s.cfg.CVAT.Task(ctx, st.ID)
 		if err != nil {
-			return fmt.Errorf("check task %d is unchanged: %w", st.ID, err)
+			return err
 		}
 		if !now.UpdatedDate.Equal(st.UpdatedDate) {
 			return &stateMovedError{id: st.ID, from: st.UpdatedDate, to: now.UpdatedDate}
@@ -402,8 +463,9 @@ func (s *Syncer) announceDeletion(ctx context.Context, r Request) (Result, error
 		return Result{State: rec.State(), Outcome: OutcomeDeleted}, nil
 	}
 	st := rec.State()
-	if !rec.Exists() {
-		// No record: exported by a release that kept none, or never.
+	if !rec.Exported() {
+		// Nothing announced on record: exported by a release that kept no
+		// record, or never (a record may hold only a failure).
 		known, err := s.cfg.Archives.HasAny(ctx, id)
 		if err != nil {
 			return Result{}, err
@@ -411,10 +473,12 @@ func (s *Syncer) announceDeletion(ctx context.Context, r Request) (Result, error
 		if !known {
 			s.m.syncs.WithLabelValues(string(OutcomeGone)).Inc()
 			s.cfg.Logger.Info("task gone before it was exported; nothing to announce", "task_id", id)
-			return Result{Outcome: OutcomeGone}, nil
+			return Result{State: task.State{ID: id}, Outcome: OutcomeGone}, nil
 		}
-		st = task.State{ID: id, Name: r.Event.TaskName, ProjectID: r.Event.ProjectID, OrganizationID: r.Event.OrganizationID,
-			Status: r.Event.Status, UpdatedDate: r.Event.UpdatedDate}
+		if st.UpdatedDate.IsZero() {
+			st = task.State{ID: id, Name: r.Event.TaskName, ProjectID: r.Event.ProjectID, OrganizationID: r.Event.OrganizationID,
+				Status: r.Event.Status, UpdatedDate: r.Event.UpdatedDate}
+		}
 		if st.UpdatedDate.IsZero() {
 			st.UpdatedDate = s.cfg.Now().UTC()
 		}
@@ -422,9 +486,9 @@ func (s *Syncer) announceDeletion(ctx context.Context, r Request) (Result, error
 	n := sink.NewDeletionNotice(s.cvatInfo(ctx), st, r.Trigger, s.cfg.Now())
 	if _, err := s.cfg.Outbox.Publish(ctx, n); err != nil {
 		s.m.exports.WithLabelValues("deleted", string(OutcomeFailed)).Inc()
-		return Result{State: st}, fmt.Errorf("announce the deletion of task %d: %w", id, err)
+		return Result{State: st}, err
 	}
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	rctx, cancel := afterWork(ctx)
 	defer cancel()
 	now := s.cfg.Now().UTC()
 	if _, err := s.cfg.Records.Update(rctx, id, func(rec *sink.Record) (bool, error) {
@@ -438,10 +502,11 @@ func (s *Syncer) announceDeletion(ctx context.Context, r Request) (Result, error
 		rec.Failure = nil
 		return true, nil
 	}); err != nil {
-		return Result{State: st}, fmt.Errorf("record the deletion of task %d: %w", id, err)
+		return Result{State: st}, err
 	}
 	s.m.exports.WithLabelValues("deleted", string(OutcomeExported)).Inc()
 	s.m.syncs.WithLabelValues(string(OutcomeDeleted)).Inc()
+	s.m.lastSuccess.SetToCurrentTime()
 	s.cfg.Logger.Info("task deletion announced", "task_id", id, "export_id", n.ExportID, "trigger", r.Trigger.Event)
 	return Result{State: st, Outcome: OutcomeDeleted}, nil
 }
@@ -449,17 +514,20 @@ func (s *Syncer) announceDeletion(ctx context.Context, r Request) (Result, error
 // RecordFailure records that the state of task id kept failing, so
 // convergence retries it after a backoff of its own (growing with each
 // failure, up to RetryCap), whatever happens to inbox messages.
-func (s *Syncer) RecordFailure(ctx context.Context, id int64, updated time.Time, cause error) (sink.Failure, error) {
+func (s *Syncer) RecordFailure(ctx context.Context, st task.State, cause error) (sink.Failure, error) {
 	now := s.cfg.Now().UTC()
 	var f sink.Failure
-	_, err := s.cfg.Records.Update(ctx, id, func(r *sink.Record) (bool, error) {
+	_, err := s.cfg.Records.Update(ctx, st.ID, func(r *sink.Record) (bool, error) {
 		count := 1
 		since := now
 		if r.Failure != nil {
 			count, since = r.Failure.Count+1, r.Failure.Since
 		}
-		f = sink.Failure{UpdatedDate: updated.UTC(), Count: count, Since: since, Next: now.Add(retryBackoff(count)), Error: cause.Error()}
+		f = sink.Failure{UpdatedDate: st.UpdatedDate.UTC(), Count: count, Since: since, Next: now.Add(retryBackoff(count)), Error: cause.Error()}
 		r.Failure = &f
+		if r.Task.UpdatedDate.IsZero() || st.UpdatedDate.After(r.Task.UpdatedDate) {
+			r.SetState(st)
+		}
 		return true, nil
 	})
 	return f, err
@@ -508,6 +576,33 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// afterWork is the context of a write that must follow work already done
+// (a record after its notice went out): not cancelled with ctx, but bounded
+// by ctx's deadline (plus a little) and by ten seconds.
+func afterWork(ctx context.Context) (context.Context, context.CancelFunc) {
+	d := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		d = min(d, max(time.Until(dl)+2*time.Second, time.Second))
+	}
+	return context.WithTimeout(context.WithoutCancel(ctx), d)
+}
+
+// missing names the fields of a component's Config that are required and
+// not set.
+func missing(component string, unset map[string]bool) error {
+	var names []string
+	for name, isMissing := range unset {
+		if isMissing {
+			names = append(names, name)
+		}
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	slices.Sort(names)
+	return fmt.Errorf("pipeline: %s: missing %s", component, strings.Join(names, ", "))
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

@@ -49,8 +49,11 @@ type WorkerConfig struct {
 	// CVAT, GCS or Pub/Sub before it leaves the state to convergence;
 	// default 1h. It must be below the inbox's lease hold.
 	HoldMax time.Duration
-	// OnSynced, if set, is told of each state that is now current.
-	OnSynced func(task.State)
+	// OnSynced, if set, is told of each sync that ended.
+	OnSynced func(Result)
+	// OnFailed, if set, is told at once when receiving the inbox fails for
+	// good (the worker then waits for its drain).
+	OnFailed func(error)
 	Metrics  *Metrics
 	Logger   *slog.Logger
 	Now      func() time.Time
@@ -71,8 +74,9 @@ type Worker struct {
 
 // NewWorker validates cfg.
 func NewWorker(cfg WorkerConfig) (*Worker, error) {
-	if cfg.Inbox == nil || cfg.Syncer == nil || cfg.Fanout == nil || cfg.DeadLetters == nil {
-		return nil, errors.New("pipeline: worker needs Inbox, Syncer, Fanout and DeadLetters")
+	if err := missing("worker", map[string]bool{"Inbox": cfg.Inbox == nil, "Syncer": cfg.Syncer == nil,
+		"Fanout": cfg.Fanout == nil, "DeadLetters": cfg.DeadLetters == nil}); err != nil {
+		return nil, err
 	}
 	if cfg.MaxWait < cfg.Debounce {
 		return nil, fmt.Errorf("pipeline: MaxWait %s is shorter than Debounce %s", cfg.MaxWait, cfg.Debounce)
@@ -105,7 +109,10 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		cfg.Now = time.Now
 	}
 	if cfg.OnSynced == nil {
-		cfg.OnSynced = func(task.State) {}
+		cfg.OnSynced = func(Result) {}
+	}
+	if cfg.OnFailed == nil {
+		cfg.OnFailed = func(error) {}
 	}
 	m := cfg.Metrics
 	if m == nil {
@@ -128,10 +135,16 @@ func (w *Worker) pendingStats() (int, float64) {
 	return n, w.cfg.Now().Sub(oldest).Seconds()
 }
 
+// runBound is the longest one run of a batch takes: CVAT preparing an
+// export (cvatapi's ExportTimeout, an hour) and the download.
+const runBound = time.Hour + 10*time.Minute
+
 // LeaseHold is how long the inbox must hold a message for this worker: its
-// longest wait (max-wait, retries, an outage), with margin.
+// longest wait (max-wait, every attempt's run and backoff, an outage), with
+// margin. Past it Pub/Sub would hand the message to another replica while
+// this one still works on it.
 func (cfg WorkerConfig) LeaseHold() time.Duration {
-	return cfg.MaxWait + time.Duration(max(cfg.MaxAttempts, 1))*max(cfg.RetryMax, time.Minute) + max(cfg.HoldMax, time.Hour) + 10*time.Minute
+	return cfg.MaxWait + time.Duration(max(cfg.MaxAttempts, 1))*(max(cfg.RetryMax, time.Minute)+runBound) + max(cfg.HoldMax, time.Hour) + 10*time.Minute
 }
 
 // run receives and syncs until a drain context arrives on stop, then drains
@@ -157,11 +170,15 @@ loop:
 		case drainCtx = <-stop:
 			break loop
 		case recvErr = <-recvDone:
+			// Receiving failed for good (the subscription is gone, access
+			// revoked): say so at once, take no more work, and drain when
+			// the owner stops the worker, within its deadline.
 			recvDone = nil
 			if recvErr == nil {
 				recvErr = errors.New("receiving the inbox stopped")
 			}
-			drainCtx = work
+			w.cfg.OnFailed(recvErr)
+			drainCtx = <-stop
 			break loop
 		case <-ticker.C:
 			w.dispatch(syncCtx)
@@ -253,9 +270,7 @@ func (w *Worker) process(ctx context.Context, b *batch) {
 		if res.Outcome == OutcomeExported || res.Outcome == OutcomeAnnounced || res.Outcome == OutcomeDeleted {
 			w.m.latency.Observe(now.Sub(b.first).Seconds())
 		}
-		if res.State.ID != 0 && res.Outcome != OutcomeSkipped {
-			w.cfg.OnSynced(res.State)
-		}
+		w.cfg.OnSynced(res)
 		w.transition(func() { w.c.succeeded(b, started); w.c.prune(now.Add(-w.cfg.MaxWait - time.Hour)) })
 	case w.draining():
 		w.transition(func() { w.c.postpone(b, now) }) // nacked by the drain
@@ -333,7 +348,7 @@ func (w *Worker) giveUp(ctx context.Context, b *batch, res Result, cause error) 
 	reason := reasonClass(cause)
 	log := w.cfg.Logger.With("key", b.key, "attempts", b.attempts, "events", b.events, "reason", cause.Error())
 	if b.taskID != 0 && !res.State.UpdatedDate.IsZero() {
-		if f, err := w.cfg.Syncer.RecordFailure(ctx, b.taskID, res.State.UpdatedDate, cause); err != nil {
+		if f, err := w.cfg.Syncer.RecordFailure(ctx, res.State, cause); err != nil {
 			log.Warn("could not record the failure; the next full pass retries the state", "error", err.Error())
 		} else {
 			log = log.With("retry_at", f.Next.Format(time.RFC3339), "failures", f.Count)

@@ -415,3 +415,31 @@ func (a *Archives) Reader(ctx context.Context, name string) (io.ReadCloser, erro
 	}
 	return r, nil
 }
+
+// IsArchive reports whether object o (at its generation) starts like a zip
+// archive, as every CVAT export does: it tells an archive from what an
+// older release stored when a proxy answered a page instead.
+func (a *Archives) IsArchive(ctx context.Context, o Object) (bool, error) {
+	r, err := a.client.Bucket(o.Bucket).Object(o.Name).Generation(o.Generation).NewRangeReader(ctx, 0, 4)
+	if err != nil {
+		return false, fmt.Errorf("read the start of %s: %w", o.URI, classify(err))
+	}
+	defer r.Close()
+	var b [4]byte
+	n, err := io.ReadFull(r, b[:])
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return false, fmt.Errorf("read the start of %s: %w", o.URI, classify(err))
+	}
+	s := string(b[:n])
+	return s == "PK\x03\x04" || s == "PK\x05\x06", nil
+}
+
+// Discard deletes exactly generation o.Generation of object o, so the state
+// it named can be written again.
+func (a *Archives) Discard(ctx context.Context, o Object) error {
+	err := a.client.Bucket(o.Bucket).Object(o.Name).If(storage.Conditions{GenerationMatch: o.Generation}).Delete(ctx)
+	if err != nil && !errors.Is(err, storage.ErrObjectNotExist) && !isPreconditionFailed(err) {
+		return fmt.Errorf("delete %s (generation %d): %w", o.URI, o.Generation, classify(err))
+	}
+	return nil
+}

@@ -39,6 +39,11 @@ const maxRecordBytes = 2560
 // write (another replica wrote it); Records.Update retries on it.
 var ErrConflict = errors.New("sink: record changed concurrently")
 
+// ErrRecord reports a record that cannot be used: one too large for GCS's
+// metadata, or of a version this release cannot read. Retrying does not
+// mend it.
+var ErrRecord = errors.New("sink: unusable record")
+
 // Record is the bucket's record of one task: what was exported and
 // announced, whether its deletion was announced, and the failures of its
 // latest state. It lives outside the archive prefix, so consumers listing
@@ -51,9 +56,13 @@ type Record struct {
 	Formats map[string]Announced `json:"formats,omitempty"`
 	Deleted *Deletion            `json:"deleted,omitempty"`
 	Failure *Failure             `json:"failure,omitempty"`
-	// CompletedJobs are the task's jobs that were completed at its last
-	// export (the completed policy exports when another job completes).
-	CompletedJobs []int64 `json:"completed_jobs,omitempty"`
+	// Completed describes the task's completed jobs at its last export (the
+	// completed policy exports when another job completes).
+	Completed *CompletedJobs `json:"completed_jobs,omitempty"`
+	// Checked is the last state the policy looked at and did not export
+	// (completed policy: nothing newly completed), so passes do not check it
+	// again.
+	Checked time.Time `json:"checked,omitzero"`
 
 	generation int64 // of the record object; 0: not stored yet
 }
@@ -76,6 +85,13 @@ type Announced struct {
 	At          time.Time `json:"at"`
 }
 
+// CompletedJobs is a set of completed jobs, kept as a count and a digest
+// of the sorted ids so a task with thousands of jobs still fits the record.
+type CompletedJobs struct {
+	Count  int    `json:"count"`
+	Digest string `json:"digest"`
+}
+
 // Deletion records the announcement of a task's deletion.
 type Deletion struct {
 	ExportID string    `json:"export_id"`
@@ -94,6 +110,10 @@ type Failure struct {
 
 // Exists reports whether the record is stored.
 func (r Record) Exists() bool { return r.generation != 0 }
+
+// Exported reports whether anything of the task was ever announced: an
+// archive, or its deletion. A record holding only a failure is not.
+func (r Record) Exported() bool { return len(r.Formats) > 0 || r.Deleted != nil }
 
 // State is the task as last recorded.
 func (r Record) State() task.State {
@@ -208,7 +228,7 @@ func decodeRecord(attrs *storage.ObjectAttrs) (Record, error) {
 		return Record{}, fmt.Errorf("decode record gs://%s/%s: %w", attrs.Bucket, attrs.Name, err)
 	}
 	if r.V > RecordVersion {
-		return Record{}, fmt.Errorf("record gs://%s/%s has version %d; this release reads up to %d", attrs.Bucket, attrs.Name, r.V, RecordVersion)
+		return Record{}, fmt.Errorf("%w: gs://%s/%s has version %d; this release reads up to %d", ErrRecord, attrs.Bucket, attrs.Name, r.V, RecordVersion)
 	}
 	r.generation = attrs.Generation
 	return r, nil
@@ -294,7 +314,7 @@ func encodeBounded(r *Record) ([]byte, error) {
 		case len(r.Task.Name) > 64:
 			r.Task.Name = truncate(r.Task.Name, 64)
 		default:
-			return nil, fmt.Errorf("the record of task %d needs %d bytes, more than the %d GCS metadata allows (too many formats?)", r.TaskID, len(b), maxRecordBytes)
+			return nil, fmt.Errorf("%w: task %d's needs %d bytes, more than the %d GCS metadata allows (too many formats?)", ErrRecord, r.TaskID, len(b), maxRecordBytes)
 		}
 	}
 }

@@ -27,6 +27,10 @@ type State struct {
 	UpdatedDate    time.Time
 }
 
+// StatusCompleted is CVAT's status of a completed task and state of a
+// completed job.
+const StatusCompleted = "completed"
+
 // Resource is the kind of CVAT object an event is about.
 type Resource string
 
