@@ -89,7 +89,9 @@ func commands() []command {
 		settings: config.Names(),
 		needs:    config.NeedsSecret,
 		flags: func(*flag.FlagSet) runner {
-			return runFunc(func(ctx context.Context, inv invocation) error { return serve(ctx, inv.cfg, inv.getenv, inv.out, inv.listening) })
+			return runFunc(func(ctx context.Context, inv invocation) error {
+				return serve(ctx, inv.cfg, inv.getenv, inv.out, inv.listening)
+			})
 		},
 	}, {
 		name:     "backfill",
