@@ -68,6 +68,9 @@ type ConvergerConfig struct {
 	RequeueAfter time.Duration
 	// PageSize of the task listings; default listPageSize.
 	PageSize int
+	// ConfirmDelay separates the two reads that confirm a project is gone;
+	// default 2s.
+	ConfirmDelay time.Duration
 	// Offset, if set, is told CVAT's clock minus ours at every pass.
 	Offset  func(time.Duration)
 	Metrics *Metrics
@@ -138,6 +141,9 @@ func NewConverger(cfg ConvergerConfig) (*Converger, error) {
 	}
 	if cfg.PageSize <= 0 {
 		cfg.PageSize = listPageSize
+	}
+	if cfg.ConfirmDelay <= 0 {
+		cfg.ConfirmDelay = 2 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -369,24 +375,34 @@ func (c *Converger) pass(ctx context.Context, full bool) (PassResult, error) {
 			}
 			gone = append(gone, r)
 		}
-		blocked := len(gone) > deleteFloor && float64(len(gone)) > c.cfg.MaxDeleteFraction*float64(live)
+		// Tasks of a project CVAT confirms deleted went with it (a project
+		// webhook hears none of the cascade): their deletion is explained,
+		// and the guard, which is for listings that lost sight of tasks,
+		// does not hold them back.
+		explained, unexplained, err := c.projectsGone(ctx, gone)
+		if err != nil {
+			return res, err
+		}
+		blocked := len(unexplained) > deleteFloor && float64(len(unexplained)) > c.cfg.MaxDeleteFraction*float64(live)
 		res.Blocked = blocked
+		announce := explained
 		if blocked {
 			c.m.blocked.Set(1)
 			c.cfg.Logger.Error("convergence refuses to announce deletions: CVAT no longer lists most recorded tasks; "+
 				"check the CVAT credentials and organization (CVAT_SYNC_CVAT_TOKEN, CVAT_SYNC_CVAT_ORG); "+
 				"if the deletions are real, raise CVAT_SYNC_MAX_DELETE_FRACTION (1 lifts the guard)",
-				"gone", len(gone), "recorded", live, "max_delete_fraction", c.cfg.MaxDeleteFraction)
+				"gone", len(unexplained), "recorded", live, "max_delete_fraction", c.cfg.MaxDeleteFraction)
 		} else {
 			c.m.blocked.Set(0)
-			for _, r := range gone {
-				if err := c.enqueue(ctx, task.Event{Name: string(task.SourceReconcile), Resource: task.ResourceTask, Action: task.ActionDelete,
-					TaskID: r.TaskID, ProjectID: r.Task.ProjectID, OrganizationID: r.Task.OrganizationID, TaskName: r.Task.Name,
-					UpdatedDate: r.Task.UpdatedDate, ReceivedAt: now.UTC(), Source: task.SourceReconcile}, reasonDeleted); err != nil {
-					return res, err
-				}
-				res.Deleted++
+			announce = append(announce, unexplained...)
+		}
+		for _, r := range announce {
+			if err := c.enqueue(ctx, task.Event{Name: string(task.SourceReconcile), Resource: task.ResourceTask, Action: task.ActionDelete,
+				TaskID: r.TaskID, ProjectID: r.Task.ProjectID, OrganizationID: r.Task.OrganizationID, TaskName: r.Task.Name,
+				UpdatedDate: r.Task.UpdatedDate, ReceivedAt: now.UTC(), Source: task.SourceReconcile}, reasonDeleted); err != nil {
+				return res, err
 			}
+			res.Deleted++
 		}
 	}
 
@@ -551,6 +567,51 @@ func (c *Converger) behindStats() (int, float64) {
 	return len(c.behind), max(c.cfg.Now().Add(c.offset).Sub(oldest).Seconds(), 0)
 }
 
+// projectsGone splits gone records into those of projects CVAT confirms
+// deleted (a 404, read twice) and the rest.
+func (c *Converger) projectsGone(ctx context.Context, gone []sink.Record) (explained, unexplained []sink.Record, err error) {
+	byProject := map[int64][]sink.Record{}
+	for _, r := range gone {
+		if r.Task.ProjectID == 0 {
+			unexplained = append(unexplained, r)
+			continue
+		}
+		byProject[r.Task.ProjectID] = append(byProject[r.Task.ProjectID], r)
+	}
+	for id, recs := range byProject {
+		deleted, err := c.projectDeleted(ctx, id)
+		if err != nil {
+			return nil, nil, err
+		}
+		if deleted {
+			explained = append(explained, recs...)
+		} else {
+			unexplained = append(unexplained, recs...)
+		}
+	}
+	return explained, unexplained, nil
+}
+
+// projectDeleted reports whether CVAT answers project id with its own 404,
+// twice (the second read after a pause, like a task's).
+func (c *Converger) projectDeleted(ctx context.Context, id int64) (bool, error) {
+	for i := range 2 {
+		_, err := c.cfg.CVAT.Project(ctx, id)
+		switch {
+		case err == nil, errors.Is(err, cvatapi.ErrForbidden):
+			return false, nil
+		case !errors.Is(err, cvatapi.ErrNotFound):
+			return false, err
+		}
+		if i == 0 {
+			if err := sleepCtx(ctx, c.cfg.ConfirmDelay); err != nil {
+				return false, err
+			}
+		}
+	}
+	return true, nil
+}
+
 // ProjectChanged enqueues the project's tasks that are behind: a project
 // event that names no task (its tasks' own events, when they came, cover
 // it).
@@ -601,16 +662,12 @@ func (c *Converger) ProjectChanged(ctx context.Context, projectID int64, trig ta
 // check (a project webhook hears no per-task deletes of the cascade). A
 // project that still exists is a change.
 func (c *Converger) ProjectDeleted(ctx context.Context, projectID int64, trig task.Trigger) (int, error) {
-	_, err := c.cfg.CVAT.Project(ctx, projectID)
-	if err == nil {
-		return c.ProjectChanged(ctx, projectID, trig)
-	}
-	if !errors.Is(err, cvatapi.ErrNotFound) {
-		if errors.Is(err, cvatapi.ErrForbidden) {
-			c.cfg.Logger.Warn("project not visible to cvat-sync's CVAT user (403); its tasks are not taken as deleted", "project_id", projectID)
-			return 0, nil
-		}
+	deleted, err := c.projectDeleted(ctx, projectID)
+	if err != nil {
 		return 0, err
+	}
+	if !deleted {
+		return c.ProjectChanged(ctx, projectID, trig)
 	}
 	var recs []sink.Record
 	if err := c.cfg.Records.List(ctx, func(r sink.Record) error {

@@ -110,7 +110,8 @@ func New(cfg Config) (*Pipeline, error) {
 	}
 	c, err := NewConverger(ConvergerConfig{CVAT: cfg.CVAT, Records: cfg.Records, Queue: cfg.Queue, Formats: cfg.Formats,
 		Policy: s.Policy(), Interval: cfg.ReconcileInterval, FullInterval: cfg.FullReconcileInterval, Since: cfg.Since,
-		MaxDeleteFraction: cfg.MaxDeleteFraction, PageSize: cfg.ListPageSize, Metrics: m, Logger: cfg.Logger.With("component", "converger"),
+		MaxDeleteFraction: cfg.MaxDeleteFraction, PageSize: cfg.ListPageSize, ConfirmDelay: cfg.ConfirmDelay,
+		Metrics: m, Logger: cfg.Logger.With("component", "converger"),
 		Now: cfg.Now, Offset: clock.set})
 	if err != nil {
 		return nil, err

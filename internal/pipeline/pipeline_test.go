@@ -570,3 +570,28 @@ func TestCVATUpgradedWhileRunning(t *testing.T) {
 		t.Error("dead letters across the upgrade")
 	}
 }
+
+// TestDeletedProjectPassesTheGuard: with only a project webhook, deleting
+// the project delivers nothing (2.65+); the full pass finds every task of it
+// gone, most of the record, but CVAT confirms the project itself gone, so
+// the guard does not hold their deletion back. A lost listing (the same
+// tasks unlisted, their project still there) stays blocked.
+func TestDeletedProjectPassesTheGuard(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	p := r.fake.AddProject(cvatfake.Project{Name: "the only project"})
+	var tasks []cvatfake.Task
+	for range 12 {
+		tk := r.fake.AddTask(cvatfake.Task{ProjectID: p.ID, Name: "t"})
+		tasks = append(tasks, tk)
+		r.enqueue(update("update:task", tk))
+	}
+	waitUntil(t, "the exports", func() bool { return len(r.notices()) == 12 })
+	if _, err := r.fake.DeleteProject(p.ID); err != nil {
+		t.Fatal(err)
+	}
+	res := r.pass(true)
+	if res.Blocked || res.Deleted != 12 {
+		t.Fatalf("pass after the project's deletion: %+v", res)
+	}
+	waitUntil(t, "the deletion notices", func() bool { return len(r.notices()) == 24 })
+}
