@@ -156,6 +156,10 @@ func (s *scanner) str(i int) (end int, special bool, err error) {
 	i++
 	for i < len(s.data) {
 		c := s.data[i]
+		if plain[c] {
+			i++
+			continue
+		}
 		switch {
 		case c == '"':
 			return i + 1, special, nil
@@ -189,6 +193,15 @@ func (s *scanner) str(i int) (end int, special bool, err error) {
 	}
 	return i, special, s.fail(i)
 }
+
+// plain marks the bytes a string holds as they are: printable ASCII but the
+// quote and the backslash.
+var plain = func() (t [256]bool) {
+	for c := 0x20; c < 0x80; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
 
 func isHex(c byte) bool {
 	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'

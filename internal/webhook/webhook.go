@@ -408,12 +408,12 @@ func (s *Server) webhook(c echo.Context) error {
 	switch {
 	case env.Event == event.Ping:
 		s.m.delivery(label, OutcomePing).Inc()
-		s.debug(ctx, "webhook ping", rid, label, idAttrs(nil, env.WebhookID, 0, 0, 0))
+		s.debug(ctx, "webhook ping", rid, label, env.WebhookID, 0, 0, 0)
 		b.out = appendAnswer(b.out[:0], answer{status: "pong", event: env.Event, requestID: rid})
 		return c.JSONBlob(http.StatusOK, b.out)
 	case !env.TaskRelevant():
 		s.m.delivery(label, OutcomeIgnored).Inc()
-		s.debug(ctx, "webhook ignored", rid, label, append(idAttrs(nil, env.WebhookID, 0, 0, 0), slog.Bool("known", env.Known)))
+		s.debug(ctx, "webhook ignored", rid, label, env.WebhookID, 0, 0, 0, slog.Bool("known", env.Known))
 		b.out = appendAnswer(b.out[:0], answer{status: "ignored", event: env.Event, requestID: rid})
 		return c.JSONBlob(http.StatusOK, b.out)
 	}
@@ -427,7 +427,7 @@ func (s *Server) webhook(c echo.Context) error {
 			attrs: append(idAttrs(nil, it.WebhookID, it.TaskID, it.JobID, it.ProjectID), slog.String("error", err.Error()))})
 	}
 	s.m.delivery(label, OutcomeStored).Inc()
-	s.debug(ctx, "webhook stored", rid, label, idAttrs(nil, it.WebhookID, it.TaskID, it.JobID, it.ProjectID))
+	s.debug(ctx, "webhook stored", rid, label, it.WebhookID, it.TaskID, it.JobID, it.ProjectID)
 	b.out = appendAnswer(b.out[:0], answer{status: "stored", event: env.Event, taskID: it.TaskID, requestID: rid})
 	return c.JSONBlob(http.StatusAccepted, b.out)
 }
@@ -446,13 +446,14 @@ func idAttrs(attrs []slog.Attr, webhookID, taskID, jobID, projectID int64) []slo
 	return attrs
 }
 
-// debug logs an accepted delivery, only when debug logging is on.
-func (s *Server) debug(ctx context.Context, msg, rid, label string, attrs []slog.Attr) {
+// debug logs an accepted delivery, only when debug logging is on (nothing
+// is built otherwise).
+func (s *Server) debug(ctx context.Context, msg, rid, label string, webhookID, taskID, jobID, projectID int64, extra ...slog.Attr) {
 	if !s.log.Enabled(ctx, slog.LevelDebug) {
 		return
 	}
-	s.log.LogAttrs(ctx, slog.LevelDebug, msg,
-		append([]slog.Attr{slog.String("request_id", rid), slog.String("event", label)}, attrs...)...)
+	attrs := idAttrs([]slog.Attr{slog.String("request_id", rid), slog.String("event", label)}, webhookID, taskID, jobID, projectID)
+	s.log.LogAttrs(ctx, slog.LevelDebug, msg, append(attrs, extra...)...)
 }
 
 var healthy = []byte(`{"status":"ok"}`)

@@ -1,0 +1,102 @@
+// Command drain consumes the inbox of a running `receiver serve` on its
+// embedded default, for bench/run.sh's "drained" ingest row.
+//
+// Without CVAT the receiver runs no worker, so nothing pulls its inbox, and
+// the embedded Pub/Sub server (pstest) rescans every unpulled message of the
+// subscription every 10 ms while holding its server lock: past a few
+// thousand messages that scan, not the ingress, bounds the durable path.
+// A running worker keeps the backlog short. drain attaches to the receiver's
+// embedded Pub/Sub (through <data dir>/embedded.json), replaces the inbox
+// subscription by one without message ordering (pstest hands out one message
+// per ordering key at a time, too slow to drain one task's flood) and acks
+// every message as it arrives, so the figure is the publish path with a
+// consumer that keeps up.
+//
+//	drain -data DIR [-topic cvat-sync-inbox] [-subscription cvat-sync-inbox]
+//
+// It prints {"message":"listening","addr":"<pubsub address>"} once it
+// receives, and {"message":"drained","acked":N} when stopped (SIGTERM).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"cloud.google.com/go/pubsub/v2"
+	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
+
+	"github.com/cvat-sync/cvat-sync/internal/cloud"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "drain:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	dataDir := flag.String("data", "", "the receiver's CVAT_SYNC_DATA_DIR")
+	topic := flag.String("topic", "cvat-sync-inbox", "inbox topic")
+	subID := flag.String("subscription", "cvat-sync-inbox", "inbox subscription to replace")
+	flag.Parse()
+	if *dataDir == "" {
+		return fmt.Errorf("-data is required")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	// The receiver writes embedded.json once its servers listen.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(cloud.EndpointsFile(*dataDir)); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no %s after 30 s", cloud.EndpointsFile(*dataDir))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	env, err := cloud.Open(ctx, cloud.Settings{DataDir: *dataDir, Attach: true, Getenv: func(string) string { return "" }},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+
+	admin := env.PubSub.SubscriptionAdminClient
+	if err := admin.DeleteSubscription(ctx, &pubsubpb.DeleteSubscriptionRequest{Subscription: env.SubscriptionName(*subID)}); err != nil {
+		return fmt.Errorf("delete %s: %w", *subID, err)
+	}
+	drainID := *subID + "-bench-drain"
+	if _, err := admin.CreateSubscription(ctx, &pubsubpb.Subscription{
+		Name: env.SubscriptionName(drainID), Topic: env.TopicName(*topic), AckDeadlineSeconds: 60,
+	}); err != nil {
+		return fmt.Errorf("create %s: %w", drainID, err)
+	}
+	sub := env.PubSub.Subscriber(drainID)
+	sub.ReceiveSettings.MaxOutstandingMessages = 10000
+
+	var acked atomic.Int64
+	line, _ := json.Marshal(map[string]string{"message": "listening", "addr": "drain of " + *topic})
+	fmt.Println(string(line))
+	err = sub.Receive(ctx, func(_ context.Context, m *pubsub.Message) {
+		m.Ack()
+		acked.Add(1)
+	})
+	done, _ := json.Marshal(map[string]any{"message": "drained", "acked": acked.Load()})
+	fmt.Println(string(done))
+	if err != nil && ctx.Err() == nil {
+		return fmt.Errorf("receive: %w", err)
+	}
+	return nil
+}
