@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -171,13 +172,27 @@ func (e Envelope) Completed() bool {
 	return (e.Resource == ResourceJob || e.Resource == ResourceTask) && e.Status == "completed"
 }
 
-// top holds the spans of the top-level values Parse reads. A span is
-// [start, end) in the body; end == 0 means absent.
+// top holds the spans of the top-level values Parse reads, and the fields of
+// every object that may be the resource, read in the same pass (which one
+// is depends on "event", which may come last). A span is [start, end) in the
+// body; end == 0 means absent.
 type top struct {
 	event, webhookID, sender, beforeUpdate, changes span
 	target, targetID, status, request               span
-	// The resource objects, under their names.
-	project, task, job, issue, comment, organization, invitation, membership, user, webhook span
+	username                                        []byte
+	resources                                       [len(resourceKeys)]resourceValue
+}
+
+// tops are pooled: the callbacks make a top escape, and it is 2.5 KB.
+var tops = sync.Pool{New: func() any { return new(top) }}
+
+// resourceKeys are the keys a resource object comes under.
+var resourceKeys = [...]string{ResourceProject, ResourceTask, ResourceJob, ResourceIssue, ResourceComment,
+	ResourceOrganization, ResourceInvitation, ResourceMembership, ResourceUser, ResourceWebhook}
+
+type resourceValue struct {
+	span
+	fields fields
 }
 
 type span struct{ start, end int }
@@ -187,6 +202,16 @@ func (s span) in(body []byte) []byte {
 		return nil
 	}
 	return body[s.start:s.end]
+}
+
+// resourceIndex is name's index in resourceKeys, or -1.
+func resourceIndex(name string) int {
+	for i, k := range resourceKeys {
+		if k == name {
+			return i
+		}
+	}
+	return -1
 }
 
 func (t *top) slot(key string) *span {
@@ -210,33 +235,41 @@ func (t *top) slot(key string) *span {
 	case ResourceRequest:
 		return &t.request
 	}
-	return t.resource(key)
-}
-
-func (t *top) resource(name string) *span {
-	switch name {
-	case ResourceProject:
-		return &t.project
-	case ResourceTask:
-		return &t.task
-	case ResourceJob:
-		return &t.job
-	case ResourceIssue:
-		return &t.issue
-	case ResourceComment:
-		return &t.comment
-	case ResourceOrganization:
-		return &t.organization
-	case ResourceInvitation:
-		return &t.invitation
-	case ResourceMembership:
-		return &t.membership
-	case ResourceUser:
-		return &t.user
-	case ResourceWebhook:
-		return &t.webhook
+	if i := resourceIndex(key); i >= 0 {
+		return &t.resources[i].span
 	}
 	return nil
+}
+
+// nested reads the objects whose fields Parse needs while they are
+// validated: the resources and the sender.
+func (t *top) nested(body []byte) nested {
+	return func(key []byte, escaped bool) member {
+		k := string(keyBytes(key, escaped))
+		if k == "sender" {
+			t.username = nil
+			return func(key []byte, escaped bool, vs, ve int) {
+				if keyIs(key, escaped, "username") {
+					t.username = body[vs:ve]
+				}
+			}
+		}
+		if i := resourceIndex(k); i >= 0 {
+			// A repeated key: the last object counts, as in encoding/json.
+			t.resources[i].fields = fields{}
+			return t.resources[i].fields.collect(body)
+		}
+		return nil
+	}
+}
+
+// keyBytes is the key with its escapes decoded. Switched on or compared as
+// string(keyBytes(...)), the usual key without escapes is not copied.
+func keyBytes(key []byte, escaped bool) []byte {
+	if escaped {
+		return []byte(unquote(key))
+	}
+	return key
 }
 
 // Parse reads a CVAT webhook body. It fails with ErrNotObject when the body
@@ -250,19 +283,14 @@ func Parse(body []byte) (Envelope, error) {
 	if i >= len(body) || body[i] != '{' {
 		return Envelope{}, ErrNotObject
 	}
-	var t top
+	t := tops.Get().(*top)
+	defer func() { *t = top{}; tops.Put(t) }()
 	end, err := sc.object(i, func(key []byte, escaped bool, vs, ve int) {
-		var slot *span
-		if escaped {
-			slot = t.slot(unquote(key))
-		} else {
-			slot = t.slot(string(key))
-		}
-		if slot != nil {
+		if slot := t.slot(string(keyBytes(key, escaped))); slot != nil {
 			// A repeated key: the last one counts, as in encoding/json.
 			*slot = span{vs, ve}
 		}
-	})
+	}, t.nested(body))
 	if err == nil && sc.ws(end) != len(body) {
 		err = sc.fail(sc.ws(end))
 	}
@@ -277,7 +305,9 @@ func Parse(body []byte) (Envelope, error) {
 	e := Envelope{Event: name, Known: known[name], Raw: body}
 	e.Action, e.Resource = Split(name)
 	e.WebhookID = lenientID(t.webhookID.in(body))
-	e.Sender = stringField(t.sender.in(body), "username")
+	if s := t.sender.in(body); len(s) > 0 && s[0] == '{' {
+		e.Sender = stringValue(t.username)
+	}
 	e.Changed, e.PreviousStatus = changed(t.beforeUpdate.in(body), t.changes.in(body), e.Resource)
 
 	switch e.Resource {
@@ -293,8 +323,12 @@ func Parse(body []byte) (Envelope, error) {
 		return e, nil
 	}
 	var obj []byte
-	if s := t.resource(e.Resource); s != nil {
-		obj = s.in(body)
+	var f fields
+	if ri := resourceIndex(e.Resource); ri >= 0 {
+		obj = t.resources[ri].in(body)
+		if len(obj) > 0 && obj[0] == '{' {
+			f = t.resources[ri].fields
+		}
 	} else if e.Resource != "" {
 		// A resource no release names yet: look it up by key.
 		members(body[i:end], func(key []byte, escaped bool, vs, ve int) {
@@ -302,8 +336,10 @@ func Parse(body []byte) (Envelope, error) {
 				obj = body[vs:ve]
 			}
 		})
+		f = fields{}
+		members(obj, f.collect(obj))
 	}
-	f := e.fromObject(obj)
+	e.fromFields(f)
 	if e.TaskRelevant() {
 		if err := f.check(e.Resource, obj); err != nil {
 			return e, err
@@ -329,78 +365,75 @@ func Split(name string) (action, resource string) {
 	return action, resource
 }
 
-// object holds the raw values cvat-sync reads from any resource object;
+// fields holds the raw values cvat-sync reads from any resource object;
 // which are present depends on the resource.
-type object struct {
+type fields struct {
 	id, taskID, projectID, organization, organizationID, job []byte
+	updated, status, state, stage                            []byte
 }
 
-// fromObject fills e from the resource object raw and returns the raw ids,
-// for check.
-func (e *Envelope) fromObject(raw []byte) object {
-	var o object
-	var updated, status, state, stage []byte
-	members(raw, func(key []byte, escaped bool, vs, ve int) {
-		k := string(key)
-		if escaped {
-			k = unquote(key)
-		}
-		v := raw[vs:ve]
-		switch k {
+// collect returns the member function that fills f from an object in data.
+func (f *fields) collect(data []byte) member {
+	return func(key []byte, escaped bool, vs, ve int) {
+		v := data[vs:ve]
+		switch string(keyBytes(key, escaped)) {
 		case "id":
-			o.id = v
+			f.id = v
 		case "task_id":
-			o.taskID = v
+			f.taskID = v
 		case "project_id":
-			o.projectID = v
+			f.projectID = v
 		case "organization":
-			o.organization = v
+			f.organization = v
 		case "organization_id":
-			o.organizationID = v
+			f.organizationID = v
 		case "job":
-			o.job = v
+			f.job = v
 		case "updated_date":
-			updated = v
+			f.updated = v
 		case "status":
-			status = v
+			f.status = v
 		case "state":
-			state = v
+			f.state = v
 		case "stage":
-			stage = v
+			f.stage = v
 		}
-	})
-	e.ObjectID = lenientID(o.id)
-	e.ProjectID = lenientID(o.projectID)
-	e.OrganizationID = lenientID(o.organizationID)
-	if e.OrganizationID == 0 {
-		e.OrganizationID = lenientID(o.organization)
 	}
-	e.UpdatedDate = parseTime(stringValue(updated))
-	e.Status = stringValue(status)
+}
+
+// fromFields fills e from its resource object's fields.
+func (e *Envelope) fromFields(f fields) {
+	e.ObjectID = lenientID(f.id)
+	e.ProjectID = lenientID(f.projectID)
+	e.OrganizationID = lenientID(f.organizationID)
+	if e.OrganizationID == 0 {
+		e.OrganizationID = lenientID(f.organization)
+	}
+	e.UpdatedDate = parseTime(stringValue(f.updated))
+	e.Status = stringValue(f.status)
 	switch e.Resource {
 	case ResourceTask:
 		e.TaskID = e.ObjectID
 	case ResourceJob:
 		e.JobID = e.ObjectID
-		e.TaskID = lenientID(o.taskID)
-		e.Status, e.Stage = stringValue(state), stringValue(stage)
+		e.TaskID = lenientID(f.taskID)
+		e.Status, e.Stage = stringValue(f.state), stringValue(f.stage)
 	case ResourceProject:
 		e.ProjectID = e.ObjectID
 	case ResourceIssue:
-		e.JobID = lenientID(o.job)
+		e.JobID = lenientID(f.job)
 	case ResourceOrganization:
 		e.OrganizationID = e.ObjectID
 	case ResourceWebhook:
 		e.WebhookID = e.ObjectID
 	}
-	return o
 }
 
 // check returns a *FieldError for the first id of a task-relevant event that
 // the pipeline needs and cannot read. The resource's id (and a job's task_id)
 // are required; project_id and organization may be null (a task outside any
 // project or organization) but must be readable when given.
-func (o object) check(resource string, raw []byte) error {
+func (o fields) check(resource string, raw []byte) error {
 	switch {
 	case raw == nil:
 		return &FieldError{Field: resource, Problem: "missing"}

@@ -33,6 +33,11 @@ type scanner struct {
 // [vs, ve) of the value.
 type member func(key []byte, escaped bool, vs, ve int)
 
+// nested, given a member's key, returns the member function for the members
+// of its value when that is an object, or nil: a caller reads a nested
+// object's fields in the same pass.
+type nested func(key []byte, escaped bool) member
+
 func (s *scanner) fail(i int) error { return &syntaxError{offset: i} }
 
 func (s *scanner) ws(i int) int {
@@ -55,7 +60,7 @@ func (s *scanner) value(i int) (int, error) {
 	}
 	switch c := s.data[i]; {
 	case c == '{':
-		return s.object(i, nil)
+		return s.object(i, nil, nil)
 	case c == '[':
 		return s.array(i)
 	case c == '"':
@@ -74,8 +79,9 @@ func (s *scanner) value(i int) (int, error) {
 }
 
 // object validates the object at data[i] ('{') and calls fn, if not nil, for
-// each member.
-func (s *scanner) object(i int, fn member) (int, error) {
+// each member; in, if not nil, chooses the member function of values that
+// are objects themselves.
+func (s *scanner) object(i int, fn member, in nested) (int, error) {
 	if s.depth++; s.depth > maxDepth {
 		return i, s.fail(i)
 	}
@@ -98,7 +104,12 @@ func (s *scanner) object(i int, fn member) (int, error) {
 			return i, s.fail(i)
 		}
 		vs := s.ws(i + 1)
-		ve, err := s.value(vs)
+		var ve int
+		if in != nil && vs < len(s.data) && s.data[vs] == '{' {
+			ve, err = s.object(vs, in(s.data[ks:ke-1], escaped), nil)
+		} else {
+			ve, err = s.value(vs)
+		}
 		if err != nil {
 			return ve, err
 		}
@@ -262,7 +273,7 @@ func members(raw []byte, fn member) {
 		return
 	}
 	s := scanner{data: raw}
-	_, _ = s.object(0, fn)
+	_, _ = s.object(0, fn, nil)
 }
 
 // keyIs reports whether a member's key is name, decoding escapes the way

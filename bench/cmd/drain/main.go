@@ -9,13 +9,13 @@
 // embedded Pub/Sub (through <data dir>/embedded.json), replaces the inbox
 // subscription by one without message ordering (pstest hands out one message
 // per ordering key at a time, too slow to drain one task's flood) and acks
-// every message as it arrives, so the figure is the publish path with a
-// consumer that keeps up.
+// what it pulls (unary pulls of up to 1000), so the figure is the publish
+// path with a consumer that keeps up.
 //
 //	drain -data DIR [-topic cvat-sync-inbox] [-subscription cvat-sync-inbox]
 //
-// It prints {"message":"listening","addr":"<pubsub address>"} once it
-// receives, and {"message":"drained","acked":N} when stopped (SIGTERM).
+// It prints {"message":"listening","addr":"<its subscription>"} once it
+// pulls, and {"message":"drained","acked":N} when stopped (SIGTERM).
 package main
 
 import (
@@ -27,11 +27,9 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"sync/atomic"
 	"syscall"
 	"time"
 
-	"cloud.google.com/go/pubsub/v2"
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 
 	"github.com/cvat-sync/cvat-sync/internal/cloud"
@@ -83,20 +81,40 @@ func run() error {
 	}); err != nil {
 		return fmt.Errorf("create %s: %w", drainID, err)
 	}
-	sub := env.PubSub.Subscriber(drainID)
-	sub.ReceiveSettings.MaxOutstandingMessages = 10000
-
-	var acked atomic.Int64
-	line, _ := json.Marshal(map[string]string{"message": "listening", "addr": "drain of " + *topic})
+	// Unary pulls of up to 1000: pstest hands a streaming pull only what a
+	// non-blocking send takes every 10 ms, about 50 messages a second.
+	var acked int
+	line, _ := json.Marshal(map[string]string{"message": "listening", "addr": env.SubscriptionName(drainID)})
 	fmt.Println(string(line))
-	err = sub.Receive(ctx, func(_ context.Context, m *pubsub.Message) {
-		m.Ack()
-		acked.Add(1)
-	})
-	done, _ := json.Marshal(map[string]any{"message": "drained", "acked": acked.Load()})
-	fmt.Println(string(done))
-	if err != nil && ctx.Err() == nil {
-		return fmt.Errorf("receive: %w", err)
+	for ctx.Err() == nil {
+		//lint:ignore SA1019 without ReturnImmediately pstest holds an empty pull 500 ms
+		res, err := admin.Pull(ctx, &pubsubpb.PullRequest{Subscription: env.SubscriptionName(drainID), MaxMessages: 1000, ReturnImmediately: true})
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			return fmt.Errorf("pull: %w", err)
+		}
+		if len(res.ReceivedMessages) == 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(5 * time.Millisecond):
+			}
+			continue
+		}
+		ids := make([]string, len(res.ReceivedMessages))
+		for i, m := range res.ReceivedMessages {
+			ids[i] = m.AckId
+		}
+		if err := admin.Acknowledge(ctx, &pubsubpb.AcknowledgeRequest{Subscription: env.SubscriptionName(drainID), AckIds: ids}); err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			return fmt.Errorf("acknowledge: %w", err)
+		}
+		acked += len(ids)
 	}
+	done, _ := json.Marshal(map[string]any{"message": "drained", "acked": acked})
+	fmt.Println(string(done))
 	return nil
 }
