@@ -12,6 +12,7 @@ package event
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -295,7 +296,7 @@ func Parse(body []byte) (Envelope, error) {
 		err = sc.fail(sc.ws(end))
 	}
 	if err != nil {
-		return Envelope{}, errors.Join(ErrNotObject, err)
+		return Envelope{}, fmt.Errorf("%w: %w", ErrNotObject, err)
 	}
 
 	name := stringValue(t.event.in(body))

@@ -461,3 +461,11 @@ func BenchmarkParse(b *testing.B) {
 		})
 	}
 }
+
+// TestSyntaxErrorMessage: one line, the offset, never the body.
+func TestSyntaxErrorMessage(t *testing.T) {
+	_, err := Parse([]byte(`{"event":"ping",}`))
+	if got, want := err.Error(), "body is not a JSON object: invalid JSON at byte 16"; got != want {
+		t.Errorf("error %q, want %q", got, want)
+	}
+}
