@@ -151,7 +151,9 @@ type Envelope struct {
 	// Informational, like Changed: decide from the current Status.
 	PreviousStatus string `json:"previous_status,omitempty"`
 
-	// Raw is the body exactly as received.
+	// Raw is the body exactly as received. It is the caller's buffer, which
+	// the ingress reuses once it has answered: copy what must outlive the
+	// request.
 	Raw []byte `json:"-"`
 }
 
