@@ -3,16 +3,26 @@
 //
 //	go test ./bench -run '^$' -bench Ingest -cpuprofile cpu.out
 //	go tool pprof -top cpu.out
+//
+// BenchmarkIngestPublishSettings compares inbox publisher settings on the
+// durable path (see bench/README.md for what the figures mean for a real
+// Pub/Sub).
 package bench
 
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -31,12 +41,32 @@ import (
 
 const secret = "bench-secret"
 
+// setup is how the ingress is wired for one benchmark.
+type setup struct {
+	// subscription makes pstest keep every message for an inbox
+	// subscription nobody pulls, as `receiver serve` without CVAT does.
+	subscription bool
+	// publish adjusts the inbox publisher after inbox.NewQueue set it up.
+	publish func(*pubsub.PublishSettings)
+	// rtt delays every call to Pub/Sub, as the network to Google's service
+	// does (pstest answers in process).
+	rtt time.Duration
+}
+
 // ingestServer wires the ingress as `receiver serve` does on its embedded
-// default: pstest in process, JSON logs to a file, its own registry.
-func ingestServer(b *testing.B) string {
+// default: pstest in process, JSON logs to a file at info level, its own
+// registry.
+func ingestServer(b *testing.B, s setup) string {
 	ps := pstest.NewServerWithAddress("127.0.0.1:0")
 	b.Cleanup(func() { ps.Close() })
-	conn, err := grpc.NewClient(ps.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if s.rtt > 0 {
+		opts = append(opts, grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, o ...grpc.CallOption) error {
+			time.Sleep(s.rtt)
+			return invoker(ctx, method, req, reply, cc, o...)
+		}))
+	}
+	conn, err := grpc.NewClient(ps.Addr, opts...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -50,12 +80,18 @@ func ingestServer(b *testing.B) string {
 	if _, err := c.TopicAdminClient.CreateTopic(ctx, &pubsubpb.Topic{Name: "projects/bench/topics/inbox"}); err != nil {
 		b.Fatal(err)
 	}
-	if _, err := c.SubscriptionAdminClient.CreateSubscription(ctx, &pubsubpb.Subscription{
-		Name: "projects/bench/subscriptions/inbox", Topic: "projects/bench/topics/inbox", EnableMessageOrdering: true,
-	}); err != nil {
-		b.Fatal(err)
+	if s.subscription {
+		if _, err := c.SubscriptionAdminClient.CreateSubscription(ctx, &pubsubpb.Subscription{
+			Name: "projects/bench/subscriptions/inbox", Topic: "projects/bench/topics/inbox", EnableMessageOrdering: true,
+		}); err != nil {
+			b.Fatal(err)
+		}
 	}
-	q := inbox.NewQueue(c.Publisher("inbox"), 9*time.Second)
+	pub := c.Publisher("inbox")
+	q := inbox.NewQueue(pub, 9*time.Second)
+	if s.publish != nil {
+		s.publish(&pub.PublishSettings)
+	}
 	b.Cleanup(q.Stop)
 	logf, err := os.Create(filepath.Join(b.TempDir(), "log.json"))
 	if err != nil {
@@ -79,21 +115,62 @@ func ingestServer(b *testing.B) string {
 	return "http://" + ln.Addr().String() + webhook.Path
 }
 
-func benchIngest(b *testing.B, payload string, want int) {
+// signedBody is one delivery as CVAT sends it.
+type signedBody struct {
+	body []byte
+	sig  string
+}
+
+func load(b *testing.B, payload string) []byte {
 	body, err := os.ReadFile("../testdata/payloads/" + payload)
 	if err != nil {
 		b.Fatal(err)
 	}
-	url := ingestServer(b)
-	sig := signature.Sign(secret, body)
+	return body
+}
+
+// forTasks returns the update_job payload once per task, so deliveries
+// spread over that many ordering keys.
+func forTasks(b *testing.B, tasks int) []signedBody {
+	body := load(b, "update_job.json")
+	out := make([]signedBody, tasks)
+	for i := range out {
+		bi := bytes.Replace(body, []byte(`"task_id": 9,`), []byte(`"task_id": `+strconv.Itoa(9+i)+`,`), 1)
+		out[i] = signedBody{bi, signature.Sign(secret, bi)}
+	}
+	return out
+}
+
+// cpuTime is the process's user and system CPU time so far.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// run posts bodies round-robin from 16 concurrent clients (bench/run.sh's
+// concurrency) and reports the latency percentiles and the process's CPU
+// time per delivery (the client's included: compare variants, not servers).
+func run(b *testing.B, url string, bodies []signedBody, want int) {
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	b.SetParallelism(8)
+	defer client.CloseIdleConnections()
+	var mu sync.Mutex
+	var lat []time.Duration
+	b.SetParallelism(8) // 16 clients on 2 cores
 	b.ResetTimer()
+	cpu0 := cpuTime(b)
 	b.RunParallel(func(pb *testing.PB) {
+		var mine []time.Duration
+		i := 0
 		for pb.Next() {
-			req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+			d := bodies[i%len(bodies)]
+			i++
+			req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(d.body))
 			req.Header.Set("Content-Type", "application/json")
-			req.Header.Set(signature.Header, sig)
+			req.Header.Set(signature.Header, d.sig)
+			start := time.Now()
 			resp, err := client.Do(req)
 			if err != nil {
 				b.Error(err)
@@ -101,13 +178,86 @@ func benchIngest(b *testing.B, payload string, want int) {
 			}
 			_, _ = bytes.NewBuffer(nil).ReadFrom(resp.Body)
 			resp.Body.Close()
+			mine = append(mine, time.Since(start))
 			if resp.StatusCode != want {
 				b.Errorf("status %d, want %d", resp.StatusCode, want)
 				return
 			}
 		}
+		mu.Lock()
+		lat = append(lat, mine...)
+		mu.Unlock()
 	})
+	b.StopTimer()
+	b.ReportMetric(float64((cpuTime(b)-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	pct := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000 }
+	b.ReportMetric(pct(0.5), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
 }
 
-func BenchmarkIngestPing(b *testing.B)      { benchIngest(b, "ping.json", http.StatusOK) }
-func BenchmarkIngestUpdateJob(b *testing.B) { benchIngest(b, "update_job.json", http.StatusAccepted) }
+func BenchmarkIngestPing(b *testing.B) {
+	body := load(b, "ping.json")
+	run(b, ingestServer(b, setup{}), []signedBody{{body, signature.Sign(secret, body)}}, http.StatusOK)
+}
+
+// BenchmarkIngestUpdateJob is the durable path as bench/run.sh loads it: one
+// task (one ordering key), an inbox subscription nobody pulls.
+func BenchmarkIngestUpdateJob(b *testing.B) {
+	run(b, ingestServer(b, setup{subscription: true}), forTasks(b, 1), http.StatusAccepted)
+}
+
+// BenchmarkIngestPublishSettings measures the durable path under inbox
+// publisher settings: today's (inbox.NewQueue: DelayThreshold 1 ms, the
+// library's other defaults) and alternatives, for one task and for 64
+// tasks, with and without pstest's backlog of unpulled messages, and with a
+// 10 ms round trip to Pub/Sub (Google's service from a GKE cluster in the
+// same region answers a publish in a few to tens of milliseconds).
+//
+//	go test ./bench -run '^$' -bench IngestPublishSettings -benchtime 20000x
+//	BENCH_VARIANTS=today,delay=10ms go test ./bench -run '^$' -bench 'IngestPublishSettings/tasks=1/'
+func BenchmarkIngestPublishSettings(b *testing.B) {
+	type variant struct {
+		name string
+		set  func(*pubsub.PublishSettings)
+	}
+	variants := []variant{{"today", nil}}
+	for _, d := range []time.Duration{0, 100 * time.Microsecond, 500 * time.Microsecond, 2 * time.Millisecond, 5 * time.Millisecond, 10 * time.Millisecond} {
+		variants = append(variants, variant{"delay=" + d.String(), func(p *pubsub.PublishSettings) { p.DelayThreshold = d }})
+	}
+	for _, n := range []int{1, 4, 16} {
+		variants = append(variants, variant{fmt.Sprintf("delay=1ms+count=%d", n), func(p *pubsub.PublishSettings) { p.CountThreshold = n }})
+	}
+	for _, g := range []int{1, 4} {
+		variants = append(variants, variant{fmt.Sprintf("delay=1ms+goroutines=%d", g), func(p *pubsub.PublishSettings) { p.NumGoroutines = g }})
+	}
+	variants = append(variants, variant{"delay=1ms+flow=block64", func(p *pubsub.PublishSettings) {
+		p.FlowControlSettings.MaxOutstandingMessages = 64
+		p.FlowControlSettings.LimitExceededBehavior = pubsub.FlowControlBlock
+	}})
+	only := os.Getenv("BENCH_VARIANTS") // comma-separated names, to run a few
+	for _, tasks := range []int{1, 64} {
+		for _, queue := range []struct {
+			name string
+			s    setup
+		}{
+			{"backlog", setup{subscription: true}},
+			{"nobacklog", setup{}},
+			{"rtt=10ms", setup{rtt: 10 * time.Millisecond}},
+		} {
+			for _, v := range variants {
+				if only != "" && !slices.Contains(strings.Split(only, ","), v.name) {
+					continue
+				}
+				s := queue.s
+				s.publish = v.set
+				b.Run(fmt.Sprintf("tasks=%d/%s/%s", tasks, queue.name, v.name), func(b *testing.B) {
+					run(b, ingestServer(b, s), forTasks(b, tasks), http.StatusAccepted)
+				})
+			}
+		}
+	}
+}

@@ -8,7 +8,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"hash"
 	"strings"
+	"sync"
+	"sync/atomic"
 )
 
 // Header is the name of the HTTP header CVAT puts the signature in.
@@ -32,22 +35,66 @@ var (
 )
 
 // Verifier checks signatures against one or more secrets, so a secret can be
-// rotated without losing deliveries signed with the old one.
+// rotated without losing deliveries signed with the old one. It is safe for
+// concurrent use.
 type Verifier struct {
-	keys [][]byte
+	keys []key
 	// legacyNewline also accepts CVAT 2.3.0's signatures, computed over the body
 	// followed by "\n" while the body was sent without it.
-	legacyNewline bool
+	legacyNewline atomic.Bool
+}
+
+// key is one secret with a pool of its HMACs: hmac.New hashes the padded key
+// twice and allocates both digests, while a pooled one only needs Reset.
+type key struct {
+	secret []byte
+	macs   *sync.Pool
+}
+
+// pooledMAC is an HMAC with room for its sum, so a check allocates nothing.
+type pooledMAC struct {
+	h   hash.Hash
+	sum [sha256.Size]byte
+}
+
+func newKey(secret string) key {
+	k := key{secret: []byte(secret)}
+	k.macs = &sync.Pool{New: func() any { return &pooledMAC{h: hmac.New(sha256.New, k.secret)} }}
+	return k
+}
+
+// matches reports whether want is the HMAC of body (plus "\n" when newline),
+// comparing in constant time.
+func (k key) matches(want *[sha256.Size]byte, body []byte, newline bool) bool {
+	m := k.macs.Get().(*pooledMAC)
+	m.h.Reset()
+	m.h.Write(body)
+	if newline {
+		m.h.Write([]byte{'\n'})
+	}
+	ok := hmac.Equal(want[:], m.h.Sum(m.sum[:0]))
+	k.macs.Put(m)
+	return ok
 }
 
 // Option configures a Verifier.
 type Option func(*Verifier)
 
 // WithLegacyNewline makes the Verifier also accept signatures computed over the
-// body plus a trailing newline, as CVAT 2.3.0 sent them (fixed in 2.4.0).
+// body plus a trailing newline, as CVAT 2.3.0 sent them (fixed in 2.4.0). It
+// sets the initial value of SetLegacyNewline.
 func WithLegacyNewline(on bool) Option {
-	return func(v *Verifier) { v.legacyNewline = on }
+	return func(v *Verifier) { v.legacyNewline.Store(on) }
 }
+
+// SetLegacyNewline turns the acceptance of CVAT 2.3.0's body+"\n" signatures
+// on or off while the Verifier is in use, e.g. once the server's version is
+// known to be 2.3.x. It is safe to call concurrently with Verify, and costs
+// Verify one atomic load.
+func (v *Verifier) SetLegacyNewline(on bool) { v.legacyNewline.Store(on) }
+
+// LegacyNewline reports whether CVAT 2.3.0's signatures are accepted.
+func (v *Verifier) LegacyNewline() bool { return v.legacyNewline.Load() }
 
 // NewVerifier returns a Verifier for the given secrets. Empty secrets are
 // ignored; at least one non-empty secret is required, because a CVAT webhook
@@ -56,7 +103,7 @@ func NewVerifier(secrets []string, opts ...Option) (*Verifier, error) {
 	v := &Verifier{}
 	for _, s := range secrets {
 		if s != "" {
-			v.keys = append(v.keys, []byte(s))
+			v.keys = append(v.keys, newKey(s))
 		}
 	}
 	if len(v.keys) == 0 {
@@ -76,16 +123,17 @@ func (v *Verifier) Verify(header string, body []byte) error {
 	if header == "" {
 		return ErrMissing
 	}
-	want, err := parse(header)
-	if err != nil {
+	var want [sha256.Size]byte
+	if err := parse(header, &want); err != nil {
 		return err
 	}
+	legacy := v.legacyNewline.Load()
 	ok := false
 	for _, k := range v.keys {
-		if hmac.Equal(want, mac(k, body, false)) {
+		if k.matches(&want, body, false) {
 			ok = true
 		}
-		if v.legacyNewline && hmac.Equal(want, mac(k, body, true)) {
+		if legacy && k.matches(&want, body, true) {
 			ok = true
 		}
 	}
@@ -98,28 +146,37 @@ func (v *Verifier) Verify(header string, body []byte) error {
 // Sign returns the header value CVAT would send for body under secret:
 // "sha256=" and the lowercase hex digest.
 func Sign(secret string, body []byte) string {
-	return prefix + hex.EncodeToString(mac([]byte(secret), body, false))
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write(body)
+	return prefix + hex.EncodeToString(m.Sum(nil))
 }
 
-// parse extracts the 32-byte digest from "sha256=<hex>" or "<hex>". Hex digits
-// may be in either case; the prefix must be exactly "sha256=".
-func parse(header string) ([]byte, error) {
+// parse extracts the 32-byte digest from "sha256=<hex>" or "<hex>" into out.
+// Hex digits may be in either case; the prefix must be exactly "sha256=".
+func parse(header string, out *[sha256.Size]byte) error {
 	h := strings.TrimPrefix(header, prefix)
 	if len(h) != hex.EncodedLen(sha256.Size) {
-		return nil, ErrMalformed
+		return ErrMalformed
 	}
-	d, err := hex.DecodeString(h)
-	if err != nil {
-		return nil, ErrMalformed
+	for i := range out {
+		hi, ok1 := unhex(h[2*i])
+		lo, ok2 := unhex(h[2*i+1])
+		if !ok1 || !ok2 {
+			return ErrMalformed
+		}
+		out[i] = hi<<4 | lo
 	}
-	return d, nil
+	return nil
 }
 
-func mac(key, body []byte, newline bool) []byte {
-	m := hmac.New(sha256.New, key)
-	m.Write(body)
-	if newline {
-		m.Write([]byte{'\n'})
+func unhex(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	case c >= 'A' && c <= 'F':
+		return c - 'A' + 10, true
 	}
-	return m.Sum(nil)
+	return 0, false
 }

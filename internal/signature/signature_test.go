@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -216,4 +217,77 @@ func BenchmarkVerify(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestSetLegacyNewline: the run-time switch turns CVAT 2.3.0's body+"\n"
+// signatures on and off, also while deliveries are being verified.
+func TestSetLegacyNewline(t *testing.T) {
+	body := []byte(`{"event": "update:task"}`)
+	legacy := Sign("s3cret", append(append([]byte{}, body...), '\n'))
+	strict := Sign("s3cret", body)
+	v, err := NewVerifier([]string{"other", "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(on bool) {
+		t.Helper()
+		if v.LegacyNewline() != on {
+			t.Errorf("LegacyNewline = %v, want %v", v.LegacyNewline(), on)
+		}
+		want := ErrMismatch
+		if on {
+			want = nil
+		}
+		if err := v.Verify(legacy, body); !errors.Is(err, want) {
+			t.Errorf("legacy %v: Verify(body+newline signature) = %v, want %v", on, err, want)
+		}
+		if err := v.Verify(strict, body); err != nil {
+			t.Errorf("legacy %v: Verify(body signature) = %v", on, err)
+		}
+		if err := v.Verify(Sign("s3cret", []byte("other")), body); !errors.Is(err, ErrMismatch) {
+			t.Errorf("legacy %v: another body's signature accepted", on)
+		}
+	}
+	check(false)
+	v.SetLegacyNewline(true)
+	check(true)
+	v.SetLegacyNewline(false)
+	check(false)
+
+	on, err := NewVerifier([]string{"s3cret"}, WithLegacyNewline(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !on.LegacyNewline() || on.Verify(legacy, body) != nil {
+		t.Error("WithLegacyNewline(true) does not set the switch")
+	}
+
+	// Flipped while verifying: -race checks the switch; every answer is
+	// one of the two a setting gives.
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := v.Verify(strict, body); err != nil {
+					t.Errorf("Verify = %v", err)
+					return
+				}
+				if err := v.Verify(legacy, body); err != nil && !errors.Is(err, ErrMismatch) {
+					t.Errorf("Verify = %v", err)
+					return
+				}
+			}
+		})
+	}
+	for i := range 1000 {
+		v.SetLegacyNewline(i%2 == 0)
+	}
+	close(stop)
+	wg.Wait()
 }

@@ -226,6 +226,12 @@ func TestMetricsCount(t *testing.T) {
 	h.post(t, "/webhooks/cvat", body, map[string]string{signature.Header: "sha256=zz"})
 	unknown := []byte(`{"event":"frobnicate:thing"}`)
 	h.post(t, "/webhooks/cvat", unknown, signed(unknown))
+	badID := []byte(`{"event":"update:task","task":{"id":"9"}}`)
+	h.post(t, "/webhooks/cvat", badID, signed(badID))
+	notJSON := []byte(`{"event":`)
+	h.post(t, "/webhooks/cvat", notJSON, signed(notJSON))
+	ping := payload(t, "ping.json")
+	h.post(t, "/webhooks/cvat/", ping, signed(ping))
 	res, err := http.Get(h.url + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -234,22 +240,82 @@ func TestMetricsCount(t *testing.T) {
 	if res.StatusCode != http.StatusOK {
 		t.Fatalf("/metrics: %d", res.StatusCode)
 	}
+	for _, tt := range []struct {
+		event, outcome string
+		want           float64
+	}{
+		{"update:job", "stored", 1},
+		{"unverified", "unauthorized", 2},
+		{"unknown", "ignored", 1},
+		{"update:task", "bad_request", 1},
+		{"unknown", "bad_request", 1},
+		{"ping", "ping", 1},
+		{"update:task", "stored", 0},
+		{"unverified", "too_large", 0},
+	} {
+		if got := h.metric(t, "cvat_sync_webhook_deliveries_total", map[string]string{"event": tt.event, "outcome": tt.outcome}); got != tt.want {
+			t.Errorf("deliveries{%s,%s} = %v, want %v", tt.event, tt.outcome, got, tt.want)
+		}
+	}
+	// The series a delivery can produce exist from the start; impossible
+	// pairs do not.
+	series := h.series(t, "cvat_sync_webhook_deliveries_total")
+	for _, want := range []string{"delete:task/stored", "delete:task/unavailable", "update:project/bad_request",
+		"create:comment/ignored", "completed:request[export:dataset]/ignored", "unverified/too_large"} {
+		if !series[want] {
+			t.Errorf("no series %s at start", want)
+		}
+	}
+	for _, not := range []string{"ping/stored", "create:comment/stored", "unverified/stored"} {
+		if series[not] {
+			t.Errorf("series %s exists", not)
+		}
+	}
 	want := `
-# HELP cvat_sync_webhook_deliveries_total Webhook deliveries by CVAT event (unverified ones as "unverified") and outcome.
-# TYPE cvat_sync_webhook_deliveries_total counter
-cvat_sync_webhook_deliveries_total{event="unknown",outcome="ignored"} 1
-cvat_sync_webhook_deliveries_total{event="unverified",outcome="unauthorized"} 2
-cvat_sync_webhook_deliveries_total{event="update:job",outcome="stored"} 1
 # HELP cvat_sync_webhook_signature_failures_total Webhook deliveries refused for their signature, by reason (missing, malformed, mismatch).
 # TYPE cvat_sync_webhook_signature_failures_total counter
 cvat_sync_webhook_signature_failures_total{reason="malformed"} 1
 cvat_sync_webhook_signature_failures_total{reason="mismatch"} 0
 cvat_sync_webhook_signature_failures_total{reason="missing"} 1
 `
-	if err := testutil.GatherAndCompare(h.reg, strings.NewReader(want),
-		"cvat_sync_webhook_deliveries_total", "cvat_sync_webhook_signature_failures_total"); err != nil {
+	if err := testutil.GatherAndCompare(h.reg, strings.NewReader(want), "cvat_sync_webhook_signature_failures_total"); err != nil {
 		t.Error(err)
 	}
+	// Both spellings of the webhook path are one route in the duration
+	// metric.
+	dur := h.series(t, "cvat_sync_http_request_duration_seconds")
+	// (Labels in name order: code, method, route.)
+	for _, want := range []string{"200/POST//webhooks/cvat", "202/POST//webhooks/cvat", "401/POST//webhooks/cvat", "400/POST//webhooks/cvat"} {
+		if !dur[want] {
+			t.Errorf("no duration series %s in %v", want, dur)
+		}
+	}
+	if dur["200/POST//webhooks/cvat/"] {
+		t.Error("the trailing-slash spelling has a route label of its own")
+	}
+}
+
+// series lists a metric's series as their label values joined by "/".
+func (h *harness) series(t testing.TB, name string) map[string]bool {
+	t.Helper()
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var vals []string
+			for _, lp := range m.GetLabel() {
+				vals = append(vals, lp.GetValue())
+			}
+			out[strings.Join(vals, "/")] = true
+		}
+	}
+	return out
 }
 
 func mustReq(t testing.TB, method, url string) *http.Request {
@@ -265,8 +331,15 @@ func mustReq(t testing.TB, method, url string) *http.Request {
 // refused with a wrong, missing or truncated one, or another body's.
 func TestEveryPayload(t *testing.T) {
 	h := newHarness(t, 1<<20)
-	entries, err := filepath.Glob(filepath.Join("..", "..", "testdata", "payloads", "*.json"))
-	if err != nil || len(entries) < 15 {
+	var entries []string
+	root := filepath.Join("..", "..", "testdata", "payloads")
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(p, ".json") {
+			entries = append(entries, p)
+		}
+		return err
+	})
+	if err != nil || len(entries) < 22 {
 		t.Fatalf("payloads: %v, %d files", err, len(entries))
 	}
 	other := []byte(`{"event":"ping","webhook":{"id":1}}`)
@@ -276,7 +349,8 @@ func TestEveryPayload(t *testing.T) {
 			t.Fatal(err)
 		}
 		good := signature.Sign(secret, body)
-		t.Run(filepath.Base(p), func(t *testing.T) {
+		rel, _ := filepath.Rel(root, p)
+		t.Run(filepath.ToSlash(rel), func(t *testing.T) {
 			cases := []struct {
 				name   string
 				header map[string]string
@@ -462,3 +536,313 @@ func BenchmarkHandler(b *testing.B) {
 		client.CloseIdleConnections()
 	}
 }
+
+// withField returns a real payload with one field of its resource object
+// replaced by raw JSON, or removed when raw is nil.
+func withField(t testing.TB, body []byte, object, key string, raw json.RawMessage) []byte {
+	t.Helper()
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(body, &top); err != nil {
+		t.Fatal(err)
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(top[object], &obj); err != nil {
+		t.Fatal(err)
+	}
+	if raw == nil {
+		delete(obj, key)
+	} else {
+		obj[key] = raw
+	}
+	b, err := json.Marshal(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	top[object] = b
+	out, err := json.Marshal(top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// metric sums the samples of a counter whose labels include all of labels.
+func (h *harness) metric(t testing.TB, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				have[lp.GetName()] = lp.GetValue()
+			}
+			for k, v := range labels {
+				if have[k] != v {
+					continue next
+				}
+			}
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
+}
+
+// TestUnreadableIDs (issue 11): a task-relevant event whose ids cannot be
+// read is answered 400 naming the field, counted as bad_request, and nothing
+// is stored; it is never a 202 that the pipeline drops later. Ids that may be
+// null (a task outside any project) are accepted when null or absent.
+func TestUnreadableIDs(t *testing.T) {
+	h := newHarness(t, 1<<20)
+	values := []struct {
+		name string
+		raw  json.RawMessage
+	}{
+		{"missing", nil},
+		{"null", json.RawMessage(`null`)},
+		{"string", json.RawMessage(`"9"`)},
+		{"float", json.RawMessage(`9.5`)},
+		{"integral float", json.RawMessage(`9.0`)},
+		{"exponent", json.RawMessage(`9e0`)},
+		{"negative", json.RawMessage(`-9`)},
+		{"zero", json.RawMessage(`0`)},
+		{"larger than int64", json.RawMessage(`9223372036854775808`)},
+		{"object", json.RawMessage(`{"id":9}`)},
+		{"boolean", json.RawMessage(`true`)},
+	}
+	fields := []struct {
+		file, object, key string
+		nullable          bool
+	}{
+		{"create_task.json", "task", "id", false},
+		{"update_task.json", "task", "id", false},
+		{"delete_task.json", "task", "id", false},
+		{"update_task.json", "task", "project_id", true},
+		{"create_job.json", "job", "id", false},
+		{"update_job.json", "job", "id", false},
+		{"update_job.json", "job", "task_id", false},
+		{"create_job.json", "job", "task_id", false},
+		{"update_job.json", "job", "project_id", true},
+		{"create_project.json", "project", "id", false},
+		{"update_project.json", "project", "id", false},
+	}
+	refused := map[string]float64{}
+	for _, f := range fields {
+		for _, v := range values {
+			field := f.object + "." + f.key
+			t.Run(f.file+"/"+field+"/"+v.name, func(t *testing.T) {
+				body := withField(t, payload(t, f.file), f.object, f.key, v.raw)
+				var env struct {
+					Event string `json:"event"`
+				}
+				if err := json.Unmarshal(body, &env); err != nil {
+					t.Fatal(err)
+				}
+				before := len(h.ps.Messages())
+				r := h.post(t, "/webhooks/cvat", body, signed(body))
+				if f.nullable && (v.name == "missing" || v.name == "null") {
+					if r.code != http.StatusAccepted {
+						t.Fatalf("status %d (%v), want 202: %s may be %s", r.code, r.body, field, v.name)
+					}
+					return
+				}
+				if r.code != http.StatusBadRequest {
+					t.Fatalf("status %d (%v), want 400", r.code, r.body)
+				}
+				refused[env.Event]++
+				if msg, _ := r.body["error"].(string); !strings.HasPrefix(msg, field+": ") {
+					t.Errorf("error %q does not start with %q", msg, field+": ")
+				}
+				if n := len(h.ps.Messages()); n != before {
+					t.Errorf("%d items stored for a refused delivery", n-before)
+				}
+			})
+		}
+	}
+	// Without the resource object at all, the object is the field.
+	for _, tt := range []struct{ body, field string }{
+		{`{"event":"update:task","webhook_id":2}`, "task"},
+		{`{"event":"delete:job","job":null,"webhook_id":2}`, "job"},
+		{`{"event":"update:project","project":[1],"webhook_id":2}`, "project"},
+	} {
+		r := h.post(t, "/webhooks/cvat", []byte(tt.body), signed([]byte(tt.body)))
+		if msg, _ := r.body["error"].(string); r.code != http.StatusBadRequest || !strings.HasPrefix(msg, tt.field+": ") {
+			t.Errorf("%s: %d %v, want 400 naming %q", tt.body, r.code, r.body, tt.field)
+			continue
+		}
+		var env struct{ Event string }
+		_ = json.Unmarshal([]byte(tt.body), &env)
+		refused[env.Event]++
+	}
+	for ev, n := range refused {
+		if got := h.metric(t, "cvat_sync_webhook_deliveries_total", map[string]string{"event": ev, "outcome": "bad_request"}); got != n {
+			t.Errorf("%s: %v deliveries counted bad_request, want %v", ev, got, n)
+		}
+	}
+	if got := h.metric(t, "cvat_sync_webhook_deliveries_total", map[string]string{"outcome": "stored"}); got != 4 {
+		t.Errorf("%v deliveries stored, want the 4 with a null or absent project_id", got)
+	}
+}
+
+// logLines returns the JSON log lines written so far.
+func (h *harness) logLines(t testing.TB) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(h.logs.String()), "\n") {
+		if line == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line is not JSON: %s", line)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// TestRefusalLogs: every refused delivery is logged once with who sent it
+// (remote address, user agent, and X-Forwarded-For when a proxy set one),
+// so an operator can tell CVAT from a scanner; accepted deliveries log at
+// debug level only; no line carries an id of 0.
+func TestRefusalLogs(t *testing.T) {
+	h := newHarness(t, 2048)
+	const cvatUA = "CVAT/2.64.0 python-requests/2.32.3"
+	job, task := payload(t, "update_job.json"), payload(t, "update_task.json")
+	badID := []byte(`{"event":"update:job","job":{"id":14,"task_id":null},"webhook_id":2}`)
+	big := append([]byte(`{"event":"ping"}`), bytes.Repeat([]byte(" "), 4096)...)
+	cases := []struct {
+		name   string
+		body   []byte
+		header map[string]string
+		code   int
+		want   map[string]any
+	}{
+		{"401", job, map[string]string{"User-Agent": "zgrab/0.x", "X-Forwarded-For": "203.0.113.7"}, 401,
+			map[string]any{"outcome": "unauthorized", "signature": "missing", "user_agent": "zgrab/0.x", "forwarded_for": "203.0.113.7", "event": "unverified"}},
+		{"413", big, map[string]string{"User-Agent": cvatUA, signature.Header: signature.Sign(secret, big)}, 413,
+			map[string]any{"outcome": "too_large", "user_agent": cvatUA}},
+		{"400 unreadable id", badID, map[string]string{"User-Agent": cvatUA, signature.Header: signature.Sign(secret, badID)}, 400,
+			map[string]any{"outcome": "bad_request", "event": "update:job", "webhook_id": 2.0, "reason": "job.task_id: is null", "user_agent": cvatUA}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			before := len(h.logLines(t))
+			if r := h.post(t, "/webhooks/cvat", c.body, c.header); r.code != c.code {
+				t.Fatalf("status %d (%v), want %d", r.code, r.body, c.code)
+			}
+			lines := h.logLines(t)[before:]
+			if len(lines) != 1 {
+				t.Fatalf("%d log lines, want 1: %v", len(lines), lines)
+			}
+			l := lines[0]
+			if l["msg"] != "webhook refused" || l["level"] != "WARN" || l["status"] != float64(c.code) {
+				t.Errorf("line %v", l)
+			}
+			if addr, _ := l["remote_addr"].(string); !strings.HasPrefix(addr, "127.0.0.1:") {
+				t.Errorf("remote_addr %q", addr)
+			}
+			if l["request_id"] == nil || l["request_id"] == "" {
+				t.Error("no request_id")
+			}
+			for k, v := range c.want {
+				if l[k] != v {
+					t.Errorf("%s = %v, want %v", k, l[k], v)
+				}
+			}
+		})
+	}
+
+	// Accepted deliveries: debug lines with the ids they have, none of 0.
+	h.post(t, "/webhooks/cvat", job, signed(job))
+	h.post(t, "/webhooks/cvat", task, signed(task))
+	var stored []map[string]any
+	for _, l := range h.logLines(t) {
+		if l["msg"] == "webhook stored" {
+			stored = append(stored, l)
+		}
+	}
+	if len(stored) != 2 {
+		t.Fatalf("stored lines %v", stored)
+	}
+	if stored[0]["level"] != "DEBUG" || stored[0]["job_id"] != 14.0 || stored[0]["task_id"] != 9.0 {
+		t.Errorf("update:job line %v", stored[0])
+	}
+	if _, ok := stored[1]["job_id"]; ok {
+		t.Errorf("update:task line has a job_id: %v", stored[1])
+	}
+	for _, l := range h.logLines(t) {
+		for _, k := range []string{"task_id", "job_id", "project_id", "webhook_id"} {
+			if v, ok := l[k]; ok && v == 0.0 {
+				t.Errorf("%s of 0 logged: %v", k, l)
+			}
+		}
+	}
+}
+
+// TestStoreFailureLog: a 503 is logged as an error with the sender, the ids
+// and the inbox's error.
+func TestStoreFailureLog(t *testing.T) {
+	h := newHarness(t, 1<<20)
+	if err := h.ps.Close(); err != nil {
+		t.Fatal(err)
+	}
+	body := payload(t, "update_task.json")
+	hdr := signed(body)
+	hdr["User-Agent"] = "CVAT/2.64.0 python-requests/2.32.3"
+	if r := h.post(t, "/webhooks/cvat", body, hdr); r.code != http.StatusServiceUnavailable {
+		t.Fatalf("status %d", r.code)
+	}
+	var got map[string]any
+	for _, l := range h.logLines(t) {
+		if l["msg"] == "webhook refused" {
+			got = l
+		}
+	}
+	if got["level"] != "ERROR" || got["task_id"] != 9.0 || got["project_id"] != 1.0 || got["user_agent"] != hdr["User-Agent"] ||
+		got["error"] == nil || got["remote_addr"] == nil {
+		t.Errorf("503 line %v", got)
+	}
+	if _, ok := got["job_id"]; ok {
+		t.Errorf("job_id of an update:task logged: %v", got)
+	}
+}
+
+// TestConfig: New names what is missing; a nil Logger discards and a zero
+// MaxBodyBytes is the 1 MiB default.
+func TestConfig(t *testing.T) {
+	if _, err := webhook.New(webhook.Config{}); err == nil || !strings.Contains(err.Error(), "Verifier, Queue, Registerer and Gatherer") {
+		t.Errorf("New(Config{}) = %v", err)
+	}
+	v, err := signature.NewVerifier([]string{secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	srv, err := webhook.New(webhook.Config{Verifier: v, Queue: nopQueue{}, Registerer: reg, Gatherer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	defer hs.Close()
+	h := &harness{url: hs.URL, reg: reg}
+	exact := append([]byte(`{"event":"ping"}`), bytes.Repeat([]byte(" "), webhook.DefaultMaxBodyBytes-16)...)
+	if r := h.post(t, "/webhooks/cvat", exact, signed(exact)); r.code != http.StatusOK {
+		t.Errorf("body of 1 MiB: %d", r.code)
+	}
+	over := append(exact, ' ')
+	if r := h.post(t, "/webhooks/cvat", over, signed(over)); r.code != http.StatusRequestEntityTooLarge {
+		t.Errorf("body of 1 MiB + 1: %d", r.code)
+	}
+}
+
+type nopQueue struct{}
+
+func (nopQueue) Enqueue(context.Context, inbox.Item) error { return nil }
