@@ -44,10 +44,12 @@ func TestCVATReleases(t *testing.T) {
 				"CVAT_SYNC_RECONCILE_INTERVAL": map[bool]string{true: "0", false: "300ms"}[saves],
 				"CVAT_SYNC_SYNC_SINCE":         "first-start",
 			}
-			if strings.HasPrefix(version, "2.3.") {
-				extra["CVAT_SYNC_LEGACY_SIGNATURE"] = "true"
-			}
+			// 2.3.0 signs body+newline: the service notices the release
+			// and accepts it without CVAT_SYNC_LEGACY_SIGNATURE.
 			s := startService(t, em.env(pipelineEnv(f, extra)))
+			if strings.HasPrefix(version, "2.3.") {
+				waitFor(t, 30*time.Second, "the release noticed", func() bool { return strings.Contains(s.logs.String(), "plus a newline") })
+			}
 			env := em.env(pipelineEnv(f, map[string]string{
 				"CVAT_SYNC_PUBLIC_URL":         "http://" + s.addr,
 				"CVAT_SYNC_WEBHOOK_PROJECT_ID": itoa(p.ID),

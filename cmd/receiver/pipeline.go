@@ -14,6 +14,7 @@ import (
 	"github.com/cvat-sync/cvat-sync/internal/cvatapi"
 	"github.com/cvat-sync/cvat-sync/internal/inbox"
 	"github.com/cvat-sync/cvat-sync/internal/pipeline"
+	"github.com/cvat-sync/cvat-sync/internal/signature"
 	"github.com/cvat-sync/cvat-sync/internal/sink"
 	"github.com/cvat-sync/cvat-sync/internal/task"
 )
@@ -88,10 +89,19 @@ func startPipeline(ctx context.Context, env *cloud.Env, cv *cvatapi.Client, queu
 
 // cvatProbe checks CVAT for the health monitor: reachable, and accepting
 // the credentials. It reports what to fix, never the credentials.
-func cvatProbe(cv *cvatapi.Client, cfg config.Config) func(ctx context.Context) error {
+//
+// It also adapts the signature check to CVAT's release: CVAT 2.3.x signs
+// its bodies plus a newline it does not send, so once such a CVAT answers,
+// those signatures are accepted too (as CVAT_SYNC_LEGACY_SIGNATURE=true
+// does from the start).
+func cvatProbe(cv *cvatapi.Client, cfg config.Config, verifier *signature.Verifier, log *slog.Logger) func(ctx context.Context) error {
 	return func(ctx context.Context) error {
 		if cv == nil {
 			return errors.New("CVAT_SYNC_CVAT_URL is not set: webhooks are stored, nothing is exported")
+		}
+		if v, err := cv.Version(ctx); err == nil && v.SignsWithNewline() && !verifier.LegacyNewline() {
+			verifier.SetLegacyNewline(true)
+			log.Info("CVAT "+v.String()+" signs webhooks over the body plus a newline: those signatures are accepted from now on", "cvat_version", v.String())
 		}
 		if !cfg.HasCredentials() {
 			return errors.New("no CVAT credentials: set CVAT_SYNC_CVAT_TOKEN (or _FILE), or CVAT_SYNC_CVAT_USERNAME and CVAT_SYNC_CVAT_PASSWORD")

@@ -99,7 +99,7 @@ func serve(ctx context.Context, cfg config.Config, getenv func(string) string, s
 	if err != nil {
 		return err
 	}
-	checkCVAT := cvatProbe(cv, cfg)
+	checkCVAT := cvatProbe(cv, cfg, verifier, log)
 	mon, err := health.New(health.Config{Registerer: reg, Logger: log.With("component", "health"), Probes: []health.Probe{
 		{Name: "pubsub", Required: true, Check: func(ctx context.Context) error { return env.CheckPubSub(ctx, cfg.InboxTopic) }},
 		{Name: "gcs", Required: true, Check: func(ctx context.Context) error { return env.CheckStorage(ctx, cfg.GCSBucket) }},
