@@ -208,6 +208,8 @@ func (e *Env) openEmbedded(ctx context.Context, cfg Config) error {
 	}
 	psrv := pstest.NewServerWithAddress("127.0.0.1:0")
 	e.closers = append(e.closers, psrv.Close)
+	stopTrim := trimSettled(psrv, e.log)
+	e.closers = append(e.closers, func() error { stopTrim(); return nil })
 	gcsRoot := filepath.Join(cfg.DataDir, "gcs")
 	gsrv, err := localgcs.New(localgcs.Config{Root: gcsRoot, Logger: e.log.With("component", "embedded-gcs")})
 	if err != nil {
@@ -250,6 +252,57 @@ func (e *Env) attach(ctx context.Context, ep Endpoints) error {
 		return err
 	}
 	return e.connectStorage(ctx, ep.Storage)
+}
+
+// pstest keeps every message ever published (for its Messages API), so a
+// long-running embedded default would grow without bound. Every
+// trimInterval, when at least trimAbove messages are kept and every one is
+// settled (acked, or older than pstest's retention, after which it no
+// longer delivers it), they are dropped.
+const (
+	trimInterval  = 5 * time.Minute
+	trimAbove     = 5000
+	pstestRetains = 10 * time.Minute
+)
+
+// trimSettled runs the trimming of psrv until the returned stop is called.
+func trimSettled(psrv *pstest.Server, log *slog.Logger) (stop func()) {
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(trimInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			if n := trimIfSettled(psrv, trimAbove, time.Now()); n > 0 {
+				log.Debug("embedded Pub/Sub: settled messages dropped", "messages", n)
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
+}
+
+// trimIfSettled drops psrv's messages when there are at least above of them
+// and all are settled, and says how many it dropped. A message published
+// between its check and the drop is lost from the embedded inbox; the next
+// convergence pass finds its state (CVAT and the record are the truth).
+func trimIfSettled(psrv *pstest.Server, above int, now time.Time) int {
+	msgs := psrv.Messages()
+	if len(msgs) < above {
+		return 0
+	}
+	for _, m := range msgs {
+		if m.Acks == 0 && now.Sub(m.PublishTime) < pstestRetains {
+			return 0
+		}
+	}
+	psrv.ClearMessages()
+	return len(msgs)
 }
 
 // connectPubSub connects to a Pub/Sub emulator (or pstest) at host:port.
