@@ -579,10 +579,8 @@ func TestCVATUpgradedWhileRunning(t *testing.T) {
 func TestDeletedProjectPassesTheGuard(t *testing.T) {
 	r := newRig(t, rigOptions{})
 	p := r.fake.AddProject(cvatfake.Project{Name: "the only project"})
-	var tasks []cvatfake.Task
 	for range 12 {
 		tk := r.fake.AddTask(cvatfake.Task{ProjectID: p.ID, Name: "t"})
-		tasks = append(tasks, tk)
 		r.enqueue(update("update:task", tk))
 	}
 	waitUntil(t, "the exports", func() bool { return len(r.notices()) == 12 })
