@@ -88,7 +88,10 @@ func ingestServer(b *testing.B, s setup) string {
 		}
 	}
 	pub := c.Publisher("inbox")
-	q := inbox.NewQueue(pub, 9*time.Second)
+	q, err := inbox.NewQueue(inbox.QueueConfig{Publisher: pub, Timeout: 9 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
 	if s.publish != nil {
 		s.publish(&pub.PublishSettings)
 	}
@@ -98,7 +101,7 @@ func ingestServer(b *testing.B, s setup) string {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { logf.Close() })
-	v, _ := signature.NewVerifier([]string{secret})
+	v, _ := signature.New(signature.Config{Secrets: []string{secret}})
 	reg := prometheus.NewRegistry()
 	srv, err := webhook.New(webhook.Config{Verifier: v, MaxBodyBytes: 1 << 20, Queue: q,
 		Logger: slog.New(slog.NewJSONHandler(logf, nil)), Registerer: reg, Gatherer: reg})

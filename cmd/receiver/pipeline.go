@@ -65,7 +65,10 @@ func newSyncer(cv *cvatapi.Client, s stores, cfg config.Config, log *slog.Logger
 // startPipeline builds and starts the worker and the converger on the inbox.
 func startPipeline(ctx context.Context, env *cloud.Env, cv *cvatapi.Client, queue *inbox.Queue, s stores, cfg config.Config,
 	pm *pipeline.Metrics, reg prometheus.Registerer, log *slog.Logger) (*pipeline.Pipeline, func(), error) {
-	dlq := inbox.NewDeadLetters(env.PubSub.Publisher(cfg.DeadLetterTopic))
+	dlq, err := inbox.NewDeadLetters(inbox.DeadLettersConfig{Publisher: env.PubSub.Publisher(cfg.DeadLetterTopic)})
+	if err != nil {
+		return nil, nil, err
+	}
 	pcfg := pipeline.Config{CVAT: cv, Archives: s.archives, Records: s.records, Outbox: s.outbox, Queue: queue, DeadLetters: dlq,
 		Formats: cfg.ExportFormats, SaveImages: cfg.SaveImages, Policy: policy(cfg),
 		Debounce: cfg.Debounce, MaxWait: cfg.MaxWait, MaxAttempts: cfg.MaxAttempts,

@@ -72,7 +72,7 @@ func newRegistry() *prometheus.Registry {
 func serve(ctx context.Context, cfg config.Config, getenv func(string) string, stdout io.Writer, listening func(addr string)) error {
 	log := newLogger(stdout, cfg.LogLevel)
 	reg := newRegistry()
-	verifier, err := signature.NewVerifier(cfg.WebhookSecrets, signature.WithLegacyNewline(cfg.LegacySignature))
+	verifier, err := signature.New(signature.Config{Secrets: cfg.WebhookSecrets, LegacyNewline: cfg.LegacySignature})
 	if err != nil {
 		return err
 	}
@@ -82,7 +82,10 @@ func serve(ctx context.Context, cfg config.Config, getenv func(string) string, s
 		return err
 	}
 	defer env.Close()
-	queue := inbox.NewQueue(env.PubSub.Publisher(cfg.InboxTopic), inbox.PublishTimeout)
+	queue, err := inbox.NewQueue(inbox.QueueConfig{Publisher: env.PubSub.Publisher(cfg.InboxTopic)})
+	if err != nil {
+		return err
+	}
 	defer queue.Stop()
 
 	var cv *cvatapi.Client

@@ -147,18 +147,32 @@ type Queue struct {
 	pub *pubsub.Publisher
 }
 
-// NewQueue returns a Queue publishing with p. It turns on message ordering
-// and a short batching delay, since every enqueue is waited for by a webhook
-// request, and gives up on a publish after timeout (PublishTimeout when 0 or
-// less; a longer one is cut to it, see PublishTimeout).
-func NewQueue(p *pubsub.Publisher, timeout time.Duration) *Queue {
+// QueueConfig configures a Queue.
+type QueueConfig struct {
+	// Publisher publishes to the inbox topic (required). NewQueue adjusts
+	// its settings; it is stopped by Queue.Stop.
+	Publisher *pubsub.Publisher
+	// Timeout bounds one publish: PublishTimeout when 0 or less, and a
+	// longer one is cut to it (see PublishTimeout).
+	Timeout time.Duration
+}
+
+// NewQueue returns a Queue publishing with cfg.Publisher. It turns on message
+// ordering and a short batching delay, since every enqueue is waited for by
+// a webhook request, and gives up on a publish after cfg.Timeout.
+func NewQueue(cfg QueueConfig) (*Queue, error) {
+	if cfg.Publisher == nil {
+		return nil, errors.New("inbox: QueueConfig.Publisher is required")
+	}
+	timeout := cfg.Timeout
 	if timeout <= 0 || timeout > PublishTimeout {
 		timeout = PublishTimeout
 	}
+	p := cfg.Publisher
 	p.EnableMessageOrdering = true
 	p.PublishSettings.DelayThreshold = time.Millisecond
 	p.PublishSettings.Timeout = timeout
-	return &Queue{pub: p}
+	return &Queue{pub: p}, nil
 }
 
 // Enqueue publishes it and waits until Pub/Sub has stored it.
@@ -201,8 +215,19 @@ type DeadLetters struct {
 	pub *pubsub.Publisher
 }
 
-// NewDeadLetters returns DeadLetters publishing with p.
-func NewDeadLetters(p *pubsub.Publisher) *DeadLetters { return &DeadLetters{pub: p} }
+// DeadLettersConfig configures DeadLetters.
+type DeadLettersConfig struct {
+	// Publisher publishes to the dead-letter topic (required).
+	Publisher *pubsub.Publisher
+}
+
+// NewDeadLetters returns DeadLetters publishing with cfg.Publisher.
+func NewDeadLetters(cfg DeadLettersConfig) (*DeadLetters, error) {
+	if cfg.Publisher == nil {
+		return nil, errors.New("inbox: DeadLettersConfig.Publisher is required")
+	}
+	return &DeadLetters{pub: cfg.Publisher}, nil
+}
 
 // Send publishes it with attributes "reason" (at most 1024 bytes) and
 // "attempts", and waits for the server.

@@ -59,9 +59,15 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // of another wire version is left for a replica that reads it.
 func TestReceive(t *testing.T) {
 	srv, c := pubsubClient(t)
-	dead := NewDeadLetters(c.Publisher("dead"))
+	dead, err := NewDeadLetters(DeadLettersConfig{Publisher: c.Publisher("dead")})
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer dead.Stop()
-	q := NewQueue(c.Publisher("inbox"), 0)
+	q, err := NewQueue(QueueConfig{Publisher: c.Publisher("inbox")})
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer q.Stop()
 	var mu sync.Mutex
 	var kinds []string

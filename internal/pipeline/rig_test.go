@@ -143,8 +143,13 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.queue = inbox.NewQueue(r.client.Publisher("inbox"), 0)
-	dead := inbox.NewDeadLetters(r.client.Publisher("dead"))
+	if r.queue, err = inbox.NewQueue(inbox.QueueConfig{Publisher: r.client.Publisher("inbox")}); err != nil {
+		t.Fatal(err)
+	}
+	dead, err := inbox.NewDeadLetters(inbox.DeadLettersConfig{Publisher: r.client.Publisher("dead")})
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg := Config{CVAT: r.cv, Archives: r.archives, Records: r.records, Outbox: outbox, Queue: r.queue, DeadLetters: dead,
 		Formats: []string{rigFormat}, Policy: o.policy, Debounce: o.debounce, MaxWait: max(time.Second, 2*o.debounce, o.maxWait),
 		MaxAttempts: o.maxAttempts, Since: o.since, MaxDeleteFraction: o.maxDelete,

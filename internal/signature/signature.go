@@ -77,14 +77,18 @@ func (k key) matches(want *[sha256.Size]byte, body []byte, newline bool) bool {
 	return ok
 }
 
-// Option configures a Verifier.
-type Option func(*Verifier)
-
-// WithLegacyNewline makes the Verifier also accept signatures computed over the
-// body plus a trailing newline, as CVAT 2.3.0 sent them (fixed in 2.4.0). It
-// sets the initial value of SetLegacyNewline.
-func WithLegacyNewline(on bool) Option {
-	return func(v *Verifier) { v.legacyNewline.Store(on) }
+// Config configures a Verifier.
+type Config struct {
+	// Secrets are the webhook secrets a signature may be made with: the
+	// current one and, during a rotation, the previous one. Empty entries
+	// are ignored; at least one non-empty secret is required, because a
+	// CVAT webhook without a secret sends no signature at all and so
+	// cannot be authenticated.
+	Secrets []string
+	// LegacyNewline makes the Verifier also accept signatures computed over
+	// the body plus a trailing newline, as CVAT 2.3.0 sent them (fixed in
+	// 2.4.0). It is the initial value of SetLegacyNewline.
+	LegacyNewline bool
 }
 
 // SetLegacyNewline turns the acceptance of CVAT 2.3.0's body+"\n" signatures
@@ -96,12 +100,11 @@ func (v *Verifier) SetLegacyNewline(on bool) { v.legacyNewline.Store(on) }
 // LegacyNewline reports whether CVAT 2.3.0's signatures are accepted.
 func (v *Verifier) LegacyNewline() bool { return v.legacyNewline.Load() }
 
-// NewVerifier returns a Verifier for the given secrets. Empty secrets are
-// ignored; at least one non-empty secret is required, because a CVAT webhook
-// without a secret sends no signature at all and so cannot be authenticated.
-func NewVerifier(secrets []string, opts ...Option) (*Verifier, error) {
+// New returns a Verifier for cfg. It fails with ErrNoSecret when cfg has no
+// non-empty secret.
+func New(cfg Config) (*Verifier, error) {
 	v := &Verifier{}
-	for _, s := range secrets {
+	for _, s := range cfg.Secrets {
 		if s != "" {
 			v.keys = append(v.keys, newKey(s))
 		}
@@ -109,9 +112,7 @@ func NewVerifier(secrets []string, opts ...Option) (*Verifier, error) {
 	if len(v.keys) == 0 {
 		return nil, ErrNoSecret
 	}
-	for _, o := range opts {
-		o(v)
-	}
+	v.legacyNewline.Store(cfg.LegacyNewline)
 	return v, nil
 }
 

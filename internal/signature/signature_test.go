@@ -64,11 +64,11 @@ func TestVectors(t *testing.T) {
 	for _, v := range loadVectors(t) {
 		t.Run(v.Name, func(t *testing.T) {
 			body := v.body(t)
-			strict, err := NewVerifier([]string{v.Secret})
+			strict, err := New(Config{Secrets: []string{v.Secret}})
 			if err != nil {
 				t.Fatal(err)
 			}
-			legacy, err := NewVerifier([]string{v.Secret}, WithLegacyNewline(true))
+			legacy, err := New(Config{Secrets: []string{v.Secret}, LegacyNewline: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -129,7 +129,7 @@ func TestVerifyErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			v, err := NewVerifier(tt.secrets)
+			v, err := New(Config{Secrets: tt.secrets})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -140,17 +140,17 @@ func TestVerifyErrors(t *testing.T) {
 	}
 }
 
-func TestNewVerifierNeedsSecret(t *testing.T) {
+func TestNewNeedsSecret(t *testing.T) {
 	for _, secrets := range [][]string{nil, {}, {""}, {"", ""}} {
-		if _, err := NewVerifier(secrets); !errors.Is(err, ErrNoSecret) {
-			t.Errorf("NewVerifier(%q) = %v, want ErrNoSecret", secrets, err)
+		if _, err := New(Config{Secrets: secrets}); !errors.Is(err, ErrNoSecret) {
+			t.Errorf("New(%q) = %v, want ErrNoSecret", secrets, err)
 		}
 	}
 }
 
 func TestErrorsCarryNoSecret(t *testing.T) {
 	const secret = "top-secret-value"
-	v, err := NewVerifier([]string{secret})
+	v, err := New(Config{Secrets: []string{secret}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +163,7 @@ func TestErrorsCarryNoSecret(t *testing.T) {
 }
 
 func FuzzVerify(f *testing.F) {
-	v, err := NewVerifier([]string{"cvat-sync-test-secret"}, WithLegacyNewline(true))
+	v, err := New(Config{Secrets: []string{"cvat-sync-test-secret"}, LegacyNewline: true})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -202,7 +202,7 @@ func BenchmarkVerify(b *testing.B) {
 		for i := range secrets {
 			secrets[i] = "secret-" + string(rune('a'+i))
 		}
-		v, err := NewVerifier(secrets)
+		v, err := New(Config{Secrets: secrets})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -225,7 +225,7 @@ func TestSetLegacyNewline(t *testing.T) {
 	body := []byte(`{"event": "update:task"}`)
 	legacy := Sign("s3cret", append(append([]byte{}, body...), '\n'))
 	strict := Sign("s3cret", body)
-	v, err := NewVerifier([]string{"other", "s3cret"})
+	v, err := New(Config{Secrets: []string{"other", "s3cret"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,12 +254,12 @@ func TestSetLegacyNewline(t *testing.T) {
 	v.SetLegacyNewline(false)
 	check(false)
 
-	on, err := NewVerifier([]string{"s3cret"}, WithLegacyNewline(true))
+	on, err := New(Config{Secrets: []string{"s3cret"}, LegacyNewline: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !on.LegacyNewline() || on.Verify(legacy, body) != nil {
-		t.Error("WithLegacyNewline(true) does not set the switch")
+		t.Error("LegacyNewline: true does not set the switch")
 	}
 
 	// Flipped while verifying: -race checks the switch; every answer is

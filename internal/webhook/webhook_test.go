@@ -88,8 +88,11 @@ func newHarness(t testing.TB, limit int64) *harness {
 	if _, err := client.TopicAdminClient.CreateTopic(ctx, &pubsubpb.Topic{Name: "projects/" + project + "/topics/" + topicID}); err != nil {
 		t.Fatal(err)
 	}
-	q := inbox.NewQueue(client.Publisher(topicID), 2*time.Second)
-	v, err := signature.NewVerifier([]string{secret, oldSecret})
+	q, err := inbox.NewQueue(inbox.QueueConfig{Publisher: client.Publisher(topicID), Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := signature.New(signature.Config{Secrets: []string{secret, oldSecret}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -821,7 +824,7 @@ func TestConfig(t *testing.T) {
 	if _, err := webhook.New(webhook.Config{}); err == nil || !strings.Contains(err.Error(), "Verifier, Queue, Registerer and Gatherer") {
 		t.Errorf("New(Config{}) = %v", err)
 	}
-	v, err := signature.NewVerifier([]string{secret})
+	v, err := signature.New(signature.Config{Secrets: []string{secret}})
 	if err != nil {
 		t.Fatal(err)
 	}
