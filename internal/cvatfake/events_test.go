@@ -10,7 +10,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/cvat-sync/cvat-sync/internal/cvatfake"
+	"github.com/cvat-sync/cvat-sync/internal/payloads"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -101,15 +101,6 @@ func hasChild(m map[string]bool, parent string) bool {
 	return false
 }
 
-func payload(t testing.TB, name string) []byte {
-	t.Helper()
-	b, err := os.ReadFile("../../testdata/payloads/" + name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 func TestEventsHaveCVATShapes(t *testing.T) {
 	f := cvatfake.New(t, cvatfake.Options{})
 	p := f.AddProject(cvatfake.Project{Name: "project1"})
@@ -145,7 +136,7 @@ func TestEventsHaveCVATShapes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			want, got := comparable(shape(t, payload(t, tt.file)), shape(t, tt.ev.Body))
+			want, got := comparable(shape(t, payloads.Read(t, tt.file)), shape(t, tt.ev.Body))
 			// before_update lists what changed; compare it separately.
 			drop := func(s []string) []string {
 				var out []string
@@ -251,7 +242,7 @@ func sign(secret string, body []byte) string {
 func TestDeliver(t *testing.T) {
 	target, got := newRecordingReceiver(t, http.StatusAccepted)
 	f := cvatfake.New(t, cvatfake.Options{Version: "2.40.1"})
-	body := payload(t, "update_task.json")
+	body := payloads.Read(t, "update_task.json")
 	tests := []struct {
 		name    string
 		secret  string

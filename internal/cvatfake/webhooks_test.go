@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/cvat-sync/cvat-sync/internal/cvatfake"
+	"github.com/cvat-sync/cvat-sync/internal/payloads"
 )
 
 // call makes a raw API call as user7 (Token auth works on every release).
@@ -325,7 +326,7 @@ func TestUpdateShapes273AndAfter(t *testing.T) {
 // TestSigning230: 2.3.0 signs the body plus a newline; no header without a
 // secret; 2.3.0 sends requests' own User-Agent.
 func TestSigning230(t *testing.T) {
-	body := payload(t, "update_task.json")
+	body := payloads.Read(t, "update_task.json")
 	for _, tt := range []struct {
 		version, secret, wantSig, wantUA string
 	}{
@@ -505,7 +506,7 @@ func TestPingQueuedBefore242(t *testing.T) {
 				// A second ping: the webhook now has a last delivery, as in
 				// CVAT's sample.
 				call(t, f, "POST", "/api/webhooks/"+itoa(id)+"/ping", "", nil)
-				w, g := comparable(shape(t, payload(t, "ping.json")), shape(t, r.deliveries()[1].body))
+				w, g := comparable(shape(t, payloads.Read(t, "ping.json")), shape(t, r.deliveries()[1].body))
 				if diff := cmp.Diff(w, g); diff != "" {
 					t.Errorf("ping keys (-CVAT +fake):\n%s", diff)
 				}

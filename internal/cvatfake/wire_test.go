@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/cvat-sync/cvat-sync/internal/payloads"
 )
 
 func mustParseOrdered(t testing.TB, b []byte) any {
@@ -20,7 +22,7 @@ func mustParseOrdered(t testing.TB, b []byte) any {
 // TestPyJSONReproducesCVATBytes: decoding each payload CVAT sent and
 // encoding it again with pyJSON gives the exact bytes.
 func TestPyJSONReproducesCVATBytes(t *testing.T) {
-	files, _ := filepath.Glob("../../testdata/payloads/*.json")
+	files, _ := filepath.Glob(filepath.Join(payloads.Dir(), "*.json"))
 	if len(files) < 10 {
 		t.Fatalf("found %d payload files", len(files))
 	}

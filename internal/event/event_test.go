@@ -3,36 +3,22 @@ package event
 import (
 	"encoding/json"
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/cvat-sync/cvat-sync/internal/golden"
+	"github.com/cvat-sync/cvat-sync/internal/payloads"
 )
 
-// payloads returns every CVAT payload under testdata/payloads, keyed by its
-// path relative to that folder.
-func payloads(t testing.TB) map[string][]byte {
+// allPayloads returns every CVAT payload under testdata/payloads, keyed by
+// its path relative to that folder, and fails t without the reference pack.
+func allPayloads(t testing.TB) map[string][]byte {
 	t.Helper()
-	root := filepath.Join("..", "..", "testdata", "payloads")
-	out := map[string][]byte{}
-	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".json") {
-			return err
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		out[filepath.ToSlash(rel)] = b
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := payloads.All(t)
 	if len(out) < 22 {
 		t.Fatalf("found %d payloads, want the 22 of the reference pack", len(out))
 	}
@@ -40,9 +26,9 @@ func payloads(t testing.TB) map[string][]byte {
 }
 
 // TestGolden parses every real payload and compares the parsed form with its
-// golden file (UPDATE_GOLDEN=1 rewrites them).
+// golden file (golden.Check: UPDATE_GOLDEN=1 rewrites them).
 func TestGolden(t *testing.T) {
-	for name, body := range payloads(t) {
+	for name, body := range allPayloads(t) {
 		t.Run(name, func(t *testing.T) {
 			e, err := Parse(body)
 			if err != nil {
@@ -59,22 +45,7 @@ func TestGolden(t *testing.T) {
 				t.Fatal(err)
 			}
 			got = append(got, '\n')
-			golden := filepath.Join("testdata", "golden", strings.TrimSuffix(name, ".json")+".golden.json")
-			if os.Getenv("UPDATE_GOLDEN") != "" {
-				if err := os.MkdirAll(filepath.Dir(golden), 0o755); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.WriteFile(golden, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("%v (run with UPDATE_GOLDEN=1 to create it)", err)
-			}
-			if diff := cmp.Diff(string(want), string(got)); diff != "" {
-				t.Errorf("parsed form differs from %s (-want +got):\n%s", golden, diff)
-			}
+			golden.Check(t, filepath.Join("testdata", "golden", strings.TrimSuffix(name, ".json")+".golden.json"), got)
 		})
 	}
 }
@@ -82,7 +53,7 @@ func TestGolden(t *testing.T) {
 // TestFields pins the facts the pipeline relies on, independently of the
 // golden files.
 func TestFields(t *testing.T) {
-	all := payloads(t)
+	all := allPayloads(t)
 	ts := func(s string) time.Time { t, _ := time.Parse(time.RFC3339Nano, s); return t }
 	tests := []struct {
 		file string
@@ -383,7 +354,7 @@ func referenceString(raw json.RawMessage) string {
 // FuzzParse checks Parse against encoding/json: the same bodies are JSON
 // objects, the same have an event, and the values read agree.
 func FuzzParse(f *testing.F) {
-	for _, b := range payloads(f) {
+	for _, b := range allPayloads(f) {
 		f.Add(b)
 	}
 	f.Add([]byte(`{"event":"completed:request[export:dataset]","target":"task","target_id":"7"}`))
@@ -447,7 +418,7 @@ func FuzzParse(f *testing.F) {
 }
 
 func BenchmarkParse(b *testing.B) {
-	all := payloads(b)
+	all := allPayloads(b)
 	for _, name := range []string{"ping.json", "update_job.json", "v2.73.0/update_task.json"} {
 		body := all[name]
 		b.Run(strings.TrimSuffix(name, ".json"), func(b *testing.B) {

@@ -4,11 +4,8 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/cvat-sync/cvat-sync/internal/cloud/cloudtest"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-		goleak.IgnoreTopFunction("cloud.google.com/go/pubsub/v2.(*messageIterator).streamKeepAliveHandler"),
-	)
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, cloudtest.LeakOptions()...) }

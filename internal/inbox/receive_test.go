@@ -8,57 +8,31 @@ import (
 	"time"
 
 	"cloud.google.com/go/pubsub/v2"
-	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 	"cloud.google.com/go/pubsub/v2/pstest"
 	"github.com/google/go-cmp/cmp"
-	"google.golang.org/api/option"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/cvat-sync/cvat-sync/internal/cloud"
+	"github.com/cvat-sync/cvat-sync/internal/cloud/cloudtest"
+	"github.com/cvat-sync/cvat-sync/internal/eventually"
 	"github.com/cvat-sync/cvat-sync/internal/task"
 )
 
-func pubsubClient(t *testing.T) (*pstest.Server, *pubsub.Client) {
+// pubsubClient starts the emulators with the subscriptions inbox and dead
+// (each on its own topic) and returns them with a client on them.
+func pubsubClient(t *testing.T) (*cloudtest.Emulators, *pubsub.Client) {
 	t.Helper()
-	srv := pstest.NewServer()
-	conn, err := grpc.NewClient(srv.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := pubsub.NewClient(context.Background(), "p", option.WithGRPCConn(conn))
-	if err != nil {
-		t.Fatal(err)
-	}
+	em := cloudtest.Start(t, cloudtest.Options{Project: "p"})
 	for _, id := range []string{"inbox", "dead"} {
-		if _, err := c.TopicAdminClient.CreateTopic(context.Background(), &pubsubpb.Topic{Name: "projects/p/topics/" + id}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := c.SubscriptionAdminClient.CreateSubscription(context.Background(), &pubsubpb.Subscription{
-			Name: "projects/p/subscriptions/" + id, Topic: "projects/p/topics/" + id, AckDeadlineSeconds: 20, EnableMessageOrdering: true,
-		}); err != nil {
-			t.Fatal(err)
-		}
+		em.Subscription(t, id, id, cloud.SubscriptionOptions{AckDeadline: 20 * time.Second, Ordering: true})
 	}
-	t.Cleanup(func() { c.Close(); conn.Close(); srv.Close() })
-	return srv, c
-}
-
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond) // polling with a deadline
-	}
+	return em, em.Open(t).PubSub
 }
 
 // TestReceive: an event round-trips through the queue as its domain value;
 // garbage goes to the dead-letter topic as it came, with the reason; an item
 // of another wire version is left for a replica that reads it.
 func TestReceive(t *testing.T) {
-	srv, c := pubsubClient(t)
+	em, c := pubsubClient(t)
 	dead, err := NewDeadLetters(DeadLettersConfig{Publisher: c.Publisher("dead")})
 	if err != nil {
 		t.Fatal(err)
@@ -103,7 +77,7 @@ func TestReceive(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "the event and both unreadable kinds", func() bool {
+	eventually.Within(t, 30*time.Second, "the event and both unreadable kinds", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(got) == 1 && len(kinds) >= 2
@@ -115,9 +89,9 @@ func TestReceive(t *testing.T) {
 		t.Errorf("key %q", got[0].Key())
 	}
 	var deadMsgs []*pstest.Message
-	eventually(t, "the dead letter", func() bool {
+	eventually.Within(t, 30*time.Second, "the dead letter", func() bool {
 		deadMsgs = nil
-		for _, m := range srv.Messages() {
+		for _, m := range em.PubSub().Messages() {
 			if m.Attributes["reason"] != "" {
 				deadMsgs = append(deadMsgs, m)
 			}

@@ -3,17 +3,15 @@ package pipeline
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"net/http"
 	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"cloud.google.com/go/storage"
 	"github.com/fsouza/fake-gcs-server/fakestorage"
-	"google.golang.org/api/option"
 
+	"github.com/cvat-sync/cvat-sync/internal/cloud/cloudtest"
 	"github.com/cvat-sync/cvat-sync/internal/cvatapi"
 	"github.com/cvat-sync/cvat-sync/internal/cvatfake"
 	"github.com/cvat-sync/cvat-sync/internal/sink"
@@ -27,28 +25,17 @@ func (q *nopQueue) EnqueueEvent(context.Context, task.Event) error { q.n.Add(1);
 
 // BenchmarkFullPass10k is one full convergence pass over 10,000 tasks, all
 // exported in their current state but 1%: the CVAT fake over HTTP,
-// fake-gcs-server over HTTP. It reports CVAT and GCS calls per pass.
+// cloudtest's GCS emulator over HTTP. It reports CVAT and GCS calls per pass.
 //
 //	go test -run '^$' -bench FullPass10k -benchtime 5x ./internal/pipeline/
 func BenchmarkFullPass10k(b *testing.B) {
 	const n = 10000
-	gcs, err := fakestorage.NewServerWithOptions(fakestorage.Options{Scheme: "http", Host: "127.0.0.1", Port: 0, Writer: io.Discard})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer gcs.Stop()
-	gcs.CreateBucketWithOpts(fakestorage.CreateBucketOpts{Name: rigBucket})
+	em := cloudtest.Start(b, cloudtest.Options{Project: rigProject})
+	em.Bucket(b, rigBucket)
+	gcs := em.GCS()
 	var gcsCalls atomic.Int64
-	tr := roundTripFunc(func(r *http.Request) (*http.Response, error) {
-		gcsCalls.Add(1)
-		return http.DefaultTransport.RoundTrip(r)
-	})
-	st, err := storage.NewClient(context.Background(), option.WithEndpoint(gcs.URL()+"/storage/v1/"), option.WithoutAuthentication(),
-		option.WithHTTPClient(&http.Client{Transport: tr}), storage.WithJSONReads())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
+	em.SetGCSFault(func(*http.Request) int { gcsCalls.Add(1); return 0 }) // counts, serves all
+	st := em.Open(b).Storage
 	fake, err := cvatfake.Start(cvatfake.Options{})
 	if err != nil {
 		b.Fatal(err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/cvat-sync/cvat-sync/internal/cvatapi"
 	"github.com/cvat-sync/cvat-sync/internal/cvatfake"
+	"github.com/cvat-sync/cvat-sync/internal/eventually"
 	"github.com/cvat-sync/cvat-sync/internal/inbox"
 	"github.com/cvat-sync/cvat-sync/internal/sink"
 	"github.com/cvat-sync/cvat-sync/internal/task"
@@ -25,14 +26,14 @@ func TestDeletedTaskNotBehind(t *testing.T) {
 	tk := r.fake.AddTask(cvatfake.Task{Name: "doomed", UpdatedDate: time.Now().Add(-72 * time.Hour)})
 	keep := r.fake.AddTask(cvatfake.Task{Name: "keep"})
 	r.pass(true)
-	waitUntil(t, "the exports", func() bool {
+	eventually.Within(t, rigWithin, "the exports", func() bool {
 		return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 && len(r.noticesOf(sink.KindExported, keep.ID)) == 1
 	})
 	if _, err := r.fake.DeleteTask(tk.ID); err != nil {
 		t.Fatal(err)
 	}
 	r.enqueue(deletion(tk))
-	waitUntil(t, "the deletion and its sync settled", func() bool {
+	eventually.Within(t, rigWithin, "the deletion and its sync settled", func() bool {
 		n, _ := r.p.conv.behindStats()
 		return len(r.noticesOf(sink.KindDeleted, tk.ID)) == 1 && n == 0
 	})
@@ -49,7 +50,7 @@ func TestFailureOnlyRecordIsNotExported(t *testing.T) {
 	tk := r.fake.AddTask(cvatfake.Task{Name: "never"})
 	r.fake.FailNextExport(tk.ID, "boom")
 	r.enqueue(update("update:task", tk))
-	waitUntil(t, "the give-up", func() bool { return len(r.dead()) == 1 })
+	eventually.Within(t, rigWithin, "the give-up", func() bool { return len(r.dead()) == 1 })
 	if rec := r.record(tk.ID); rec.Failure == nil || rec.Exported() {
 		t.Fatalf("record %+v", rec)
 	}
@@ -60,7 +61,7 @@ func TestFailureOnlyRecordIsNotExported(t *testing.T) {
 		t.Errorf("a never-exported task is a deletion candidate: %+v", res)
 	}
 	r.enqueue(deletion(tk))
-	waitUntil(t, "the deletion checked", func() bool {
+	eventually.Within(t, rigWithin, "the deletion checked", func() bool {
 		return counter(r.p.m.syncs.WithLabelValues(string(OutcomeGone))) == 1
 	})
 	if n := len(r.noticesOf(sink.KindDeleted, tk.ID)); n != 0 || len(r.dead()) != 1 {
@@ -83,12 +84,12 @@ func TestCompletedPolicyFailureRetried(t *testing.T) {
 	ev := update("update:job", tk)
 	ev.JobID = j1.ID
 	r.enqueue(ev)
-	waitUntil(t, "the give-up", func() bool { return len(r.dead()) == 1 })
+	eventually.Within(t, rigWithin, "the give-up", func() bool { return len(r.dead()) == 1 })
 	r.offset.Store(int64(2 * RetryBase))
 	if res := r.pass(true); res.Enqueued != 1 {
 		t.Fatalf("pass after the backoff: %+v", res)
 	}
-	waitUntil(t, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
 }
 
 // TestCompletedPolicyMissedWebhook: under the completed policy a job's
@@ -105,8 +106,8 @@ func TestCompletedPolicyMissedWebhook(t *testing.T) {
 	if res := r.pass(true); res.Enqueued != 2 {
 		t.Fatalf("first pass: %+v", res)
 	}
-	waitUntil(t, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
-	waitUntil(t, "the other checked", func() bool { return r.record(other.ID).Checked.Equal(other.UpdatedDate) })
+	eventually.Within(t, rigWithin, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the other checked", func() bool { return r.record(other.ID).Checked.Equal(other.UpdatedDate) })
 	if res := r.pass(true); res.Enqueued != 0 || res.Behind != 0 {
 		t.Errorf("second pass: %+v", res)
 	}
@@ -119,7 +120,7 @@ func TestUnknownOrganizationIsNoDeletion(t *testing.T) {
 	r := newRig(t, rigOptions{})
 	tk := r.fake.AddTask(cvatfake.Task{Name: "alive"})
 	r.enqueue(update("update:task", tk))
-	waitUntil(t, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
 	bad, err := cvatapi.New(cvatapi.Config{BaseURL: r.fake.URL(), Token: r.fake.Token(), AuthScheme: "token", Org: "typo-org", MaxRetries: -1})
 	if err != nil {
 		t.Fatal(err)
@@ -184,7 +185,7 @@ func TestQuietOnCVATsClock(t *testing.T) {
 	tk := r.fake.AddTask(cvatfake.Task{Name: "t"})
 	start := time.Now()
 	r.enqueue(update("update:task", tk))
-	waitUntil(t, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
 	if took := time.Since(start); took > 15*time.Second {
 		t.Errorf("with CVAT's clock ahead the export waited %s, for the max-wait", took)
 	}

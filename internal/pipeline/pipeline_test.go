@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/cvat-sync/cvat-sync/internal/cvatfake"
+	"github.com/cvat-sync/cvat-sync/internal/eventually"
 	"github.com/cvat-sync/cvat-sync/internal/sink"
 	"github.com/cvat-sync/cvat-sync/internal/task"
 )
@@ -23,7 +24,7 @@ func TestSyncExportsOnceAndRecords(t *testing.T) {
 	p := r.fake.AddProject(cvatfake.Project{Name: "p"})
 	tk := r.fake.AddTask(cvatfake.Task{ProjectID: p.ID, Name: "litter"})
 	r.enqueue(update("update:task", tk))
-	waitUntil(t, "the notice", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the notice", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
 	n := r.noticesOf(sink.KindExported, tk.ID)[0]
 	if !n.Task.UpdatedDate.Equal(tk.UpdatedDate) || n.Format != rigFormat || n.Object == nil {
 		t.Fatalf("notice %+v", n)
@@ -40,7 +41,7 @@ func TestSyncExportsOnceAndRecords(t *testing.T) {
 
 	calls := r.exportCalls()
 	r.enqueue(update("update:job", tk))
-	waitUntil(t, "the second event settled", func() bool {
+	eventually.Within(t, rigWithin, "the second event settled", func() bool {
 		return testutil.ToFloat64(r.p.m.syncs.WithLabelValues(string(OutcomeUnchanged))) >= 1 ||
 			testutil.ToFloat64(r.p.m.coalesced) >= 1
 	})
@@ -79,14 +80,14 @@ func TestOutageHeldWithoutAttempts(t *testing.T) {
 	tk := r.fake.AddTask(cvatfake.Task{Name: "t"})
 	r.fake.Inject(cvatfake.Fault{Status: http.StatusServiceUnavailable})
 	r.enqueue(update("update:task", tk))
-	waitUntil(t, "the outage to be met", func() bool {
+	eventually.Within(t, rigWithin, "the outage to be met", func() bool {
 		return testutil.ToFloat64(r.p.m.postponed.WithLabelValues(postponeUnavailable)) >= 20
 	})
 	if len(r.dead()) != 0 || testutil.ToFloat64(r.p.m.retries) != 0 {
 		t.Fatalf("an outage spent attempts: %d dead letters, %v retries", len(r.dead()), testutil.ToFloat64(r.p.m.retries))
 	}
 	r.fake.ClearFaults()
-	waitUntil(t, "the export after the outage", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the export after the outage", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
 	if got := r.exportCalls(); got != 1 {
 		t.Errorf("%d exports, want 1", got)
 	}
@@ -100,11 +101,11 @@ func TestOutageHeldWithoutAttempts(t *testing.T) {
 func TestGCSOutageHeld(t *testing.T) {
 	r := newRig(t, rigOptions{maxAttempts: 2})
 	tk := r.fake.AddTask(cvatfake.Task{Name: "t"})
-	r.gcsFail.Store(true)
+	r.em.SetGCSFault(func(*http.Request) int { return http.StatusServiceUnavailable })
 	r.enqueue(update("update:task", tk))
-	waitUntil(t, "the outage to be met", func() bool { return r.gcs503.Load() >= 3 })
-	r.gcsFail.Store(false)
-	waitUntil(t, "the export after the outage", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the outage to be met", func() bool { return r.em.GCSFaults() >= 3 })
+	r.em.SetGCSFault(nil)
+	eventually.Within(t, rigWithin, "the export after the outage", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
 	if len(r.dead()) != 0 {
 		t.Error("dead letter after a GCS outage")
 	}
@@ -124,8 +125,8 @@ func TestFailingTaskLeftToConvergence(t *testing.T) {
 	}
 	r.enqueue(update("update:task", bad))
 	r.enqueue(update("update:task", good))
-	waitUntil(t, "the good task", func() bool { return len(r.noticesOf(sink.KindExported, good.ID)) == 1 })
-	waitUntil(t, "the dead-letter copy", func() bool { return len(r.dead()) == 1 })
+	eventually.Within(t, rigWithin, "the good task", func() bool { return len(r.noticesOf(sink.KindExported, good.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the dead-letter copy", func() bool { return len(r.dead()) == 1 })
 	if m := r.dead()[0]; !strings.Contains(m.Attributes["reason"], "out of memory") {
 		t.Errorf("dead letter %v", m.Attributes)
 	}
@@ -151,11 +152,11 @@ func TestFailingTaskLeftToConvergence(t *testing.T) {
 	if res.Enqueued != 1 {
 		t.Fatalf("pass after the backoff: %+v", res)
 	}
-	waitUntil(t, "the retried export", func() bool { return len(r.noticesOf(sink.KindExported, bad.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the retried export", func() bool { return len(r.noticesOf(sink.KindExported, bad.ID)) == 1 })
 	if rec := r.record(bad.ID); rec.Failure != nil {
 		t.Errorf("failure kept after success: %+v", rec.Failure)
 	}
-	waitUntil(t, "nothing behind", func() bool { n, _ := r.p.conv.behindStats(); return n == 0 })
+	eventually.Within(t, rigWithin, "nothing behind", func() bool { n, _ := r.p.conv.behindStats(); return n == 0 })
 }
 
 // TestRetryBackoffGrows: each give-up doubles the state's convergence
@@ -183,7 +184,7 @@ func TestDeletedWhileStopped(t *testing.T) {
 	keep := r.fake.AddTask(cvatfake.Task{Name: "kept"})
 	r.enqueue(update("update:task", tk))
 	r.enqueue(update("update:task", keep))
-	waitUntil(t, "the exports", func() bool {
+	eventually.Within(t, rigWithin, "the exports", func() bool {
 		return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 && len(r.noticesOf(sink.KindExported, keep.ID)) == 1
 	})
 	if _, err := r.fake.DeleteTask(tk.ID); err != nil {
@@ -192,7 +193,7 @@ func TestDeletedWhileStopped(t *testing.T) {
 	if res := r.pass(true); res.Deleted != 1 {
 		t.Fatalf("pass: %+v", res)
 	}
-	waitUntil(t, "the deletion notice", func() bool { return len(r.noticesOf(sink.KindDeleted, tk.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the deletion notice", func() bool { return len(r.noticesOf(sink.KindDeleted, tk.ID)) == 1 })
 	n := r.noticesOf(sink.KindDeleted, tk.ID)[0]
 	if n.Task.Name != "doomed" || n.ExportID == "" {
 		t.Errorf("deletion notice %+v", n)
@@ -211,12 +212,12 @@ func TestHiddenIsNotDeleted(t *testing.T) {
 	r := newRig(t, rigOptions{})
 	tk := r.fake.AddTask(cvatfake.Task{Name: "hidden"})
 	r.enqueue(update("update:task", tk))
-	waitUntil(t, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
 	r.fake.HideTask(tk.ID, true)
 	if res := r.pass(true); res.Deleted != 1 {
 		t.Fatalf("pass: %+v (the hidden task is a deletion candidate)", res)
 	}
-	waitUntil(t, "the check", func() bool { return testutil.ToFloat64(r.p.m.syncs.WithLabelValues(string(OutcomeHidden))) == 1 })
+	eventually.Within(t, rigWithin, "the check", func() bool { return testutil.ToFloat64(r.p.m.syncs.WithLabelValues(string(OutcomeHidden))) == 1 })
 	if got := len(r.noticesOf(sink.KindDeleted, tk.ID)); got != 0 {
 		t.Errorf("a hidden task was announced deleted")
 	}
@@ -239,7 +240,7 @@ func TestDeletionGuard(t *testing.T) {
 				tasks = append(tasks, tk)
 				r.enqueue(update("update:task", tk))
 			}
-			waitUntil(t, "the exports", func() bool { return len(r.notices()) == 16 })
+			eventually.Within(t, rigWithin, "the exports", func() bool { return len(r.notices()) == 16 })
 			for _, tk := range tasks[:12] {
 				if _, err := r.fake.DeleteTask(tk.ID); err != nil {
 					t.Fatal(err)
@@ -257,7 +258,7 @@ func TestDeletionGuard(t *testing.T) {
 				t.Errorf("%d deletions enqueued, want %d", res.Deleted, want)
 			}
 			if !tc.blocked {
-				waitUntil(t, "the deletion notices", func() bool { return len(r.notices()) == 16+12 })
+				eventually.Within(t, rigWithin, "the deletion notices", func() bool { return len(r.notices()) == 16+12 })
 			}
 		})
 	}
@@ -271,7 +272,7 @@ func TestTransient404(t *testing.T) {
 	r.fake.Inject(cvatfake.Fault{Method: http.MethodGet, Route: "/api/tasks/{id}", Status: http.StatusNotFound,
 		Body: `{"detail": "No Task matches the given query."}`, Times: 1})
 	r.enqueue(update("update:task", tk))
-	waitUntil(t, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
 	if got := len(r.noticesOf(sink.KindDeleted, tk.ID)); got != 0 {
 		t.Error("a transient 404 was announced as a deletion")
 	}
@@ -286,7 +287,7 @@ func TestArchiveNamedForItsState(t *testing.T) {
 	tk := r.fake.AddTask(cvatfake.Task{Name: "t"})
 	r.fake.Inject(cvatfake.Fault{Method: http.MethodGet, Route: "/api/tasks/{id}/dataset/download", Delay: 300 * time.Millisecond, Times: 1})
 	r.enqueue(update("update:task", tk))
-	waitUntil(t, "the download to start", func() bool {
+	eventually.Within(t, rigWithin, "the download to start", func() bool {
 		return len(r.fake.CallsTo(http.MethodGet, "/api/requests/{rq_id}")) > 0
 	})
 	ev, err := r.fake.TouchTask(tk.ID)
@@ -295,7 +296,7 @@ func TestArchiveNamedForItsState(t *testing.T) {
 	}
 	_ = ev
 	newer, _ := r.fake.Task(tk.ID)
-	waitUntil(t, "the newer state's notice", func() bool {
+	eventually.Within(t, rigWithin, "the newer state's notice", func() bool {
 		for _, n := range r.noticesOf(sink.KindExported, tk.ID) {
 			if n.Task.UpdatedDate.Equal(newer.UpdatedDate) {
 				return true
@@ -324,12 +325,12 @@ func TestProjectDeletionAnnouncesItsTasks(t *testing.T) {
 	for _, tk := range []cvatfake.Task{a, b, c} {
 		r.enqueue(update("update:task", tk))
 	}
-	waitUntil(t, "the exports", func() bool { return len(r.notices()) == 3 })
+	eventually.Within(t, rigWithin, "the exports", func() bool { return len(r.notices()) == 3 })
 	if _, err := r.fake.DeleteProject(p.ID); err != nil {
 		t.Fatal(err)
 	}
 	r.enqueue(task.Event{Name: "delete:project", Resource: task.ResourceProject, Action: task.ActionDelete, ProjectID: p.ID})
-	waitUntil(t, "two deletions", func() bool {
+	eventually.Within(t, rigWithin, "two deletions", func() bool {
 		return len(r.noticesOf(sink.KindDeleted, a.ID)) == 1 && len(r.noticesOf(sink.KindDeleted, b.ID)) == 1
 	})
 	if len(r.noticesOf(sink.KindDeleted, c.ID)) != 0 {
@@ -344,12 +345,12 @@ func TestMovedTaskIsNotDeleted(t *testing.T) {
 	r := newRig(t, rigOptions{})
 	tk := r.fake.AddTask(cvatfake.Task{Name: "moved"})
 	r.enqueue(update("update:task", tk))
-	waitUntil(t, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
 	if _, err := r.fake.TouchTask(tk.ID); err != nil { // the move saves the task
 		t.Fatal(err)
 	}
 	r.enqueue(deletion(tk))
-	waitUntil(t, "the new state", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 2 })
+	eventually.Within(t, rigWithin, "the new state", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 2 })
 	if got := len(r.noticesOf(sink.KindDeleted, tk.ID)); got != 0 {
 		t.Error("a moved task was announced deleted")
 	}
@@ -361,14 +362,14 @@ func TestWebhookDeletion(t *testing.T) {
 	r := newRig(t, rigOptions{})
 	tk := r.fake.AddTask(cvatfake.Task{Name: "t"})
 	r.enqueue(update("update:task", tk))
-	waitUntil(t, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
 	if _, err := r.fake.DeleteTask(tk.ID); err != nil {
 		t.Fatal(err)
 	}
 	r.enqueue(deletion(tk))
-	waitUntil(t, "the deletion", func() bool { return len(r.noticesOf(sink.KindDeleted, tk.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the deletion", func() bool { return len(r.noticesOf(sink.KindDeleted, tk.ID)) == 1 })
 	r.enqueue(deletion(tk))
-	waitUntil(t, "the second event settled", func() bool {
+	eventually.Within(t, rigWithin, "the second event settled", func() bool {
 		return testutil.ToFloat64(r.p.m.syncs.WithLabelValues(string(OutcomeDeleted))) >= 2 || testutil.ToFloat64(r.p.m.coalesced) >= 1
 	})
 	if got := len(r.noticesOf(sink.KindDeleted, tk.ID)); got != 1 {
@@ -385,7 +386,7 @@ func TestNeverExportedDeletion(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.enqueue(deletion(tk))
-	waitUntil(t, "the check", func() bool { return testutil.ToFloat64(r.p.m.syncs.WithLabelValues(string(OutcomeGone))) == 1 })
+	eventually.Within(t, rigWithin, "the check", func() bool { return testutil.ToFloat64(r.p.m.syncs.WithLabelValues(string(OutcomeGone))) == 1 })
 	if len(r.notices()) != 0 {
 		t.Error("a never-exported task's deletion was announced")
 	}
@@ -410,7 +411,7 @@ func TestSinceFirstStart(t *testing.T) {
 	if res := r.pass(false); res.Enqueued != 1 {
 		t.Fatalf("pass after the change: %+v", res)
 	}
-	waitUntil(t, "the export", func() bool { return len(r.noticesOf(sink.KindExported, old.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the export", func() bool { return len(r.noticesOf(sink.KindExported, old.ID)) == 1 })
 	again, err := r.records.Cursor(context.Background())
 	if err != nil || !again.Since.Equal(cur.Since) {
 		t.Errorf("scope moved: %v -> %v (%v)", cur.Since, again.Since, err)
@@ -427,7 +428,7 @@ func TestCompletedPolicy(t *testing.T) {
 	j1 := r.fake.AddJob(cvatfake.Job{TaskID: tk.ID})
 	j2 := r.fake.AddJob(cvatfake.Job{TaskID: tk.ID})
 	r.enqueue(update("update:task", tk))
-	waitUntil(t, "the skip", func() bool { return testutil.ToFloat64(r.p.m.syncs.WithLabelValues(string(OutcomeSkipped))) >= 1 })
+	eventually.Within(t, rigWithin, "the skip", func() bool { return testutil.ToFloat64(r.p.m.syncs.WithLabelValues(string(OutcomeSkipped))) >= 1 })
 	if r.exportCalls() != 0 {
 		t.Fatal("exported without a completion")
 	}
@@ -437,14 +438,14 @@ func TestCompletedPolicy(t *testing.T) {
 	ev := update("update:job", tk)
 	ev.JobID = j1.ID
 	r.enqueue(ev)
-	waitUntil(t, "the export on completion", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the export on completion", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
 	// Another save in the completed job: no export.
 	if _, err := r.fake.SaveAnnotations(j1.ID); err != nil {
 		t.Fatal(err)
 	}
 	skipped := testutil.ToFloat64(r.p.m.syncs.WithLabelValues(string(OutcomeSkipped)))
 	r.enqueue(ev)
-	waitUntil(t, "the skip", func() bool {
+	eventually.Within(t, rigWithin, "the skip", func() bool {
 		return testutil.ToFloat64(r.p.m.syncs.WithLabelValues(string(OutcomeSkipped))) > skipped
 	})
 	if got := len(r.noticesOf(sink.KindExported, tk.ID)); got != 1 {
@@ -456,7 +457,7 @@ func TestCompletedPolicy(t *testing.T) {
 	}
 	ev.JobID = j2.ID
 	r.enqueue(ev)
-	waitUntil(t, "the second completion", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 2 })
+	eventually.Within(t, rigWithin, "the second completion", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 2 })
 }
 
 // TestHeldUntilSynced: a held event stays unacked on the Pub/Sub server
@@ -467,14 +468,14 @@ func TestHeldUntilSynced(t *testing.T) {
 	r.enqueue(update("update:task", tk))
 	inboxAcks := func() int {
 		n := 0
-		for _, m := range r.ps.Messages() {
+		for _, m := range r.em.PubSub().Messages() {
 			if m.Attributes["v"] == "1" {
 				n += m.Acks
 			}
 		}
 		return n
 	}
-	waitUntil(t, "the event held", func() bool {
+	eventually.Within(t, rigWithin, "the event held", func() bool {
 		n, _ := r.p.worker.pendingStats()
 		return n == 1
 	})
@@ -485,8 +486,8 @@ func TestHeldUntilSynced(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond) // sampling the server's ack count
 	}
-	waitUntil(t, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
-	waitUntil(t, "the ack after the export", func() bool { return inboxAcks() == 1 })
+	eventually.Within(t, rigWithin, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the ack after the export", func() bool { return inboxAcks() == 1 })
 }
 
 // TestHTMLDownloadNotAnnounced: a download that is not an archive (a
@@ -499,7 +500,7 @@ func TestHTMLDownloadNotAnnounced(t *testing.T) {
 	r.fake.Inject(cvatfake.Fault{Method: http.MethodGet, Route: "/api/tasks/{id}/dataset/download", Status: http.StatusOK,
 		ContentType: "text/html; charset=utf-8", Body: "<!DOCTYPE html><title>Sign in</title>", Times: 2})
 	r.enqueue(update("update:task", tk))
-	waitUntil(t, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
 	if got := testutil.ToFloat64(r.p.m.retries); got != 2 {
 		t.Errorf("%v failed attempts, want the 2 HTML pages", got)
 	}
@@ -516,14 +517,14 @@ func TestClockBehind(t *testing.T) {
 	r.fake.SetClockOffset(-10 * time.Minute)
 	tk := r.fake.AddTask(cvatfake.Task{Name: "t"})
 	r.pass(true)
-	waitUntil(t, "the first export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the first export", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
 	if _, err := r.fake.TouchTask(tk.ID); err != nil { // no webhook
 		t.Fatal(err)
 	}
 	if res := r.pass(false); res.Enqueued != 1 || res.Kind != passIncremental {
 		t.Fatalf("incremental pass: %+v", res)
 	}
-	waitUntil(t, "the change exported", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 2 })
+	eventually.Within(t, rigWithin, "the change exported", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 2 })
 }
 
 // TestPoisonPage: one task-list page that always answers 500 does not stop
@@ -540,7 +541,7 @@ func TestPoisonPage(t *testing.T) {
 	if !res.Partial || res.Enqueued != 4 || res.Deleted != 0 {
 		t.Fatalf("pass: %+v", res)
 	}
-	waitUntil(t, "the other pages exported", func() bool { return len(r.notices()) == 4 })
+	eventually.Within(t, rigWithin, "the other pages exported", func() bool { return len(r.notices()) == 4 })
 	for _, tk := range []cvatfake.Task{tasks[0], tasks[1], tasks[4], tasks[5]} {
 		if len(r.noticesOf(sink.KindExported, tk.ID)) != 1 {
 			t.Errorf("task %d not exported", tk.ID)
@@ -557,7 +558,7 @@ func TestCVATUpgradedWhileRunning(t *testing.T) {
 	r := newRig(t, rigOptions{fake: cvatfake.Options{Version: "2.15.0"}})
 	tk := r.fake.AddTask(cvatfake.Task{Name: "t"})
 	r.enqueue(update("update:task", tk))
-	waitUntil(t, "the export on 2.15", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
+	eventually.Within(t, rigWithin, "the export on 2.15", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 1 })
 	if err := r.fake.SetVersion("2.40.0"); err != nil {
 		t.Fatal(err)
 	}
@@ -565,7 +566,7 @@ func TestCVATUpgradedWhileRunning(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.enqueue(update("update:task", tk))
-	waitUntil(t, "the export on 2.40", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 2 })
+	eventually.Within(t, rigWithin, "the export on 2.40", func() bool { return len(r.noticesOf(sink.KindExported, tk.ID)) == 2 })
 	if len(r.dead()) != 0 {
 		t.Error("dead letters across the upgrade")
 	}
@@ -583,7 +584,7 @@ func TestDeletedProjectPassesTheGuard(t *testing.T) {
 		tk := r.fake.AddTask(cvatfake.Task{ProjectID: p.ID, Name: "t"})
 		r.enqueue(update("update:task", tk))
 	}
-	waitUntil(t, "the exports", func() bool { return len(r.notices()) == 12 })
+	eventually.Within(t, rigWithin, "the exports", func() bool { return len(r.notices()) == 12 })
 	if _, err := r.fake.DeleteProject(p.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -591,5 +592,5 @@ func TestDeletedProjectPassesTheGuard(t *testing.T) {
 	if res.Blocked || res.Deleted != 12 {
 		t.Fatalf("pass after the project's deletion: %+v", res)
 	}
-	waitUntil(t, "the deletion notices", func() bool { return len(r.notices()) == 24 })
+	eventually.Within(t, rigWithin, "the deletion notices", func() bool { return len(r.notices()) == 24 })
 }

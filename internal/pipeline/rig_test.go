@@ -3,26 +3,19 @@ package pipeline
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"log/slog"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"cloud.google.com/go/pubsub/v2"
-	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
-	"cloud.google.com/go/pubsub/v2/pstest"
-	"cloud.google.com/go/storage"
-	"github.com/fsouza/fake-gcs-server/fakestorage"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"google.golang.org/api/option"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/cvat-sync/cvat-sync/internal/cloud"
+	"github.com/cvat-sync/cvat-sync/internal/cloud/cloudtest"
 	"github.com/cvat-sync/cvat-sync/internal/cvatapi"
 	"github.com/cvat-sync/cvat-sync/internal/cvatfake"
 	"github.com/cvat-sync/cvat-sync/internal/inbox"
@@ -30,9 +23,12 @@ import (
 	"github.com/cvat-sync/cvat-sync/internal/task"
 )
 
+// rigWithin bounds every wait for the rig's pipeline to do something.
+const rigWithin = 60 * time.Second
+
 const (
 	rigProject = "p"
-	rigBucket  = "b"
+	rigBucket  = "rig-archives" // a valid GCS name: the emulator creates it through the API
 	rigFormat  = "COCO 1.0"
 )
 
@@ -47,11 +43,11 @@ type rigOptions struct {
 	noStart     bool
 }
 
-// rig is a pipeline on real protocol servers over sockets: pstest,
-// fake-gcs-server and the CVAT fake.
+// rig is a pipeline on real protocol servers over sockets: the emulators
+// of cloudtest (pstest, fake-gcs-server) and the CVAT fake.
 type rig struct {
 	t        *testing.T
-	ps       *pstest.Server
+	em       *cloudtest.Emulators
 	client   *pubsub.Client
 	fake     *cvatfake.Server
 	cv       *cvatapi.Client
@@ -60,11 +56,9 @@ type rig struct {
 	records  *sink.Records
 	reg      *prometheus.Registry
 	p        *Pipeline
-	offset   atomic.Int64 // added to the pipeline's clock
-	notices  func() []*pubsub.Message
+	offset   atomic.Int64             // added to the pipeline's clock
+	notices  func() []*pubsub.Message // those whose record is written
 	dead     func() []*pubsub.Message
-	gcsFail  atomic.Bool
-	gcs503   atomic.Int64 // answers refused while gcsFail
 }
 
 func (r *rig) now() time.Time { return time.Now().Add(time.Duration(r.offset.Load())) }
@@ -85,46 +79,17 @@ func newRig(t *testing.T, o rigOptions) *rig {
 		o.fake.ExportPolls = -1
 	}
 	r := &rig{t: t, reg: prometheus.NewRegistry()}
-	r.ps = pstest.NewServer()
-	conn, err := grpc.NewClient(r.ps.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.client, err = pubsub.NewClient(ctx, rigProject, option.WithGRPCConn(conn))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, topic := range []string{"inbox", "dead", "outbox"} {
-		if _, err := r.client.TopicAdminClient.CreateTopic(ctx, &pubsubpb.Topic{Name: "projects/p/topics/" + topic}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := r.client.SubscriptionAdminClient.CreateSubscription(ctx, &pubsubpb.Subscription{
-			Name: "projects/p/subscriptions/" + topic, Topic: "projects/p/topics/" + topic,
-			AckDeadlineSeconds: 20, EnableMessageOrdering: true,
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	gcs, err := fakestorage.NewServerWithOptions(fakestorage.Options{Scheme: "http", Host: "127.0.0.1", Port: 0, Writer: io.Discard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gcs.CreateBucketWithOpts(fakestorage.CreateBucketOpts{Name: rigBucket})
-	// GCS answers 503 while gcsFail is set: an outage.
-	tr := roundTripFunc(func(req *http.Request) (*http.Response, error) {
-		if r.gcsFail.Load() {
-			r.gcs503.Add(1)
-			return &http.Response{StatusCode: http.StatusServiceUnavailable, Header: http.Header{"Content-Type": {"application/json"}},
-				Body: io.NopCloser(strings.NewReader(`{"error":{"code":503,"message":"injected outage"}}`)), Request: req}, nil
-		}
-		return http.DefaultTransport.RoundTrip(req)
-	})
-	st, err := storage.NewClient(ctx, option.WithEndpoint(gcs.URL()+"/storage/v1/"), option.WithoutAuthentication(),
-		option.WithHTTPClient(&http.Client{Transport: tr}), storage.WithJSONReads())
-	if err != nil {
-		t.Fatal(err)
-	}
+	r.em = cloudtest.Start(t, cloudtest.Options{Project: rigProject})
+	r.em.Subscription(t, "inbox", "inbox", cloud.SubscriptionOptions{AckDeadline: 20 * time.Second, Ordering: true})
+	r.em.Bucket(t, rigBucket)
+	// Collected from the start, before the pipeline publishes.
+	r.notices = r.recorded(r.em.Collect(t, "outbox").Messages)
+	r.dead = r.em.Collect(t, "dead").Messages
+	env := r.em.Open(t)
+	r.client = env.PubSub
+	st := env.Storage
 	r.fake = cvatfake.New(t, o.fake)
+	var err error
 	r.cv, err = cvatapi.New(cvatapi.Config{BaseURL: r.fake.URL(), Token: r.fake.Token(), AuthScheme: "token", MaxRetries: -1, PollInterval: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -164,8 +129,6 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	if r.p, err = New(cfg); err != nil {
 		t.Fatal(err)
 	}
-	r.notices = r.collect(t, "outbox")
-	r.dead = r.collect(t, "dead")
 	if !o.noStart {
 		r.p.Start(ctx)
 	}
@@ -181,36 +144,43 @@ func newRig(t *testing.T, o rigOptions) *rig {
 		outbox.Stop()
 		dead.Stop()
 		r.cv.Close()
-		st.Close()
-		r.client.Close()
-		conn.Close()
-		r.ps.Close()
-		gcs.Stop()
 	})
 	return r
 }
 
-// collect gathers what a subscription gets until the test ends.
-func (r *rig) collect(t *testing.T, sub string) func() []*pubsub.Message {
+// recorded passes on the notices whose record is written. The pipeline
+// writes a task's record after the notice is out, so a test that saw a
+// notice and then read the record or ran a pass would race the pipeline.
+func (r *rig) recorded(all func() []*pubsub.Message) func() []*pubsub.Message {
 	var mu sync.Mutex
-	var got []*pubsub.Message
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = r.client.Subscriber(sub).Receive(ctx, func(_ context.Context, m *pubsub.Message) {
-			mu.Lock()
-			got = append(got, m)
-			mu.Unlock()
-			m.Ack()
-		})
-	}()
-	t.Cleanup(func() { cancel(); <-done })
+	seen := map[string]bool{} // message ids whose record was seen
 	return func() []*pubsub.Message {
 		mu.Lock()
 		defer mu.Unlock()
-		return append([]*pubsub.Message(nil), got...)
+		var out []*pubsub.Message
+		for _, m := range all() {
+			if !seen[m.ID] {
+				seen[m.ID] = r.noticeRecorded(notice(r.t, m))
+			}
+			if seen[m.ID] {
+				out = append(out, m)
+			}
+		}
+		return out
 	}
+}
+
+// noticeRecorded reports whether the record of n's task shows n.
+func (r *rig) noticeRecorded(n sink.Notice) bool {
+	rec, err := r.records.Get(context.Background(), n.Task.ID)
+	if err != nil {
+		return false // GCS refusing (an outage the test injects): not yet
+	}
+	if n.Kind == sink.KindDeleted {
+		return rec.Deleted != nil
+	}
+	a, ok := rec.Formats[n.Format]
+	return ok && !a.UpdatedDate.Before(n.Task.UpdatedDate)
 }
 
 // notice decodes an outbox message.
@@ -282,17 +252,6 @@ func (r *rig) pass(full bool) PassResult {
 	return res
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond) // polling with a deadline
-	}
-}
-
 func counter(c interface{ Write(*dto.Metric) error }) float64 {
 	var m dto.Metric
 	if err := c.Write(&m); err != nil || m.Counter == nil {
@@ -300,10 +259,6 @@ func counter(c interface{ Write(*dto.Metric) error }) float64 {
 	}
 	return m.Counter.GetValue()
 }
-
-type roundTripFunc func(*http.Request) (*http.Response, error)
-
-func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 type tWriter struct{ t *testing.T }
 

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/cvat-sync/cvat-sync/internal/payloads"
 )
 
 // vector is one entry of testdata/vectors.json, copied from the CVAT reference pack.
@@ -193,10 +195,7 @@ func FuzzVerify(f *testing.F) {
 }
 
 func BenchmarkVerify(b *testing.B) {
-	body, err := os.ReadFile(filepath.Join("..", "..", "testdata", "payloads", "update_job.json"))
-	if err != nil {
-		b.Fatal(err)
-	}
+	body := payloads.Read(b, "update_job.json")
 	for _, n := range []int{1, 3} {
 		secrets := make([]string, n)
 		for i := range secrets {

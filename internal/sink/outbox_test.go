@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/cvat-sync/cvat-sync/internal/golden"
 	"github.com/cvat-sync/cvat-sync/internal/task"
 )
 
@@ -417,7 +418,7 @@ func compactJSON(t *testing.T, r json.RawMessage) string {
 }
 
 // TestNoticeGolden keeps one example message in testdata/notice.golden.json
-// (rewritten with UPDATE_GOLDEN=1) and checks that docs/outbox.md shows the
+// (golden.Check: UPDATE_GOLDEN=1 rewrites it) and checks that docs/outbox.md shows the
 // same message.
 func TestNoticeGolden(t *testing.T) {
 	t.Parallel()
@@ -439,21 +440,11 @@ func TestNoticeGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	got = append(got, '\n')
-	const golden = "testdata/notice.golden.json"
-	if os.Getenv("UPDATE_GOLDEN") == "1" {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(golden, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
+	const goldenFile = "testdata/notice.golden.json"
+	golden.Check(t, goldenFile, got)
+	want, err := os.ReadFile(goldenFile)
 	if err != nil {
-		t.Fatalf("%v (run with UPDATE_GOLDEN=1 to create it)", err)
-	}
-	if diff := cmp.Diff(string(want), string(got)); diff != "" {
-		t.Errorf("%s (-want +got), rerun with UPDATE_GOLDEN=1 if intended:\n%s", golden, diff)
+		t.Fatal(err)
 	}
 
 	doc, err := os.ReadFile("../../docs/outbox.md")
@@ -461,6 +452,6 @@ func TestNoticeGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Contains(doc, want) {
-		t.Errorf("docs/outbox.md does not show the example message of %s; paste it in", golden)
+		t.Errorf("docs/outbox.md does not show the example message of %s; paste it in", goldenFile)
 	}
 }

@@ -5,39 +5,30 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
+	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"cloud.google.com/go/pubsub/v2"
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
-	"cloud.google.com/go/pubsub/v2/pstest"
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
-	"google.golang.org/api/option"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/cvat-sync/cvat-sync/internal/cloud/cloudtest"
 	"github.com/cvat-sync/cvat-sync/internal/inbox"
+	"github.com/cvat-sync/cvat-sync/internal/logbuf"
+	"github.com/cvat-sync/cvat-sync/internal/payloads"
 	"github.com/cvat-sync/cvat-sync/internal/signature"
 	"github.com/cvat-sync/cvat-sync/internal/webhook"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// grpc and opencensus keep process-wide goroutines.
-		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-	)
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, cloudtest.LeakOptions()...) }
 
 const (
 	secret    = "cvat-sync-test-secret"
@@ -46,48 +37,20 @@ const (
 	topicID   = "cvat-sync-inbox"
 )
 
-// logBuffer collects log output safely across goroutines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 type harness struct {
 	url  string
-	ps   *pstest.Server
+	em   *cloudtest.Emulators
 	reg  *prometheus.Registry
-	logs *logBuffer
+	logs *logbuf.Buffer
 }
 
-// newHarness serves the ingress over real HTTP with its inbox on an
-// in-process Pub/Sub server.
+// newHarness serves the ingress over real HTTP with its inbox on the Pub/Sub
+// emulator.
 func newHarness(t testing.TB, limit int64) *harness {
 	t.Helper()
-	ctx := context.Background()
-	ps := pstest.NewServer()
-	conn, err := grpc.NewClient(ps.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := pubsub.NewClient(ctx, project, option.WithGRPCConn(conn))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := client.TopicAdminClient.CreateTopic(ctx, &pubsubpb.Topic{Name: "projects/" + project + "/topics/" + topicID}); err != nil {
-		t.Fatal(err)
-	}
+	em := cloudtest.Start(t, cloudtest.Options{Project: project})
+	em.Topic(t, topicID)
+	client := em.Open(t).PubSub
 	q, err := inbox.NewQueue(inbox.QueueConfig{Publisher: client.Publisher(topicID), Timeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -97,10 +60,10 @@ func newHarness(t testing.TB, limit int64) *harness {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	logs := &logBuffer{}
+	logs := logbuf.New()
 	srv, err := webhook.New(webhook.Config{
 		Verifier: v, MaxBodyBytes: limit, Queue: q, Registerer: reg, Gatherer: reg,
-		Logger:         slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:         logs.Logger(),
 		EnqueueTimeout: 2 * time.Second,
 		Checks: []webhook.Check{{Name: "pubsub", Required: true, Run: func(ctx context.Context) error {
 			_, err := client.TopicAdminClient.GetTopic(ctx, &pubsubpb.GetTopicRequest{Topic: "projects/" + project + "/topics/" + topicID})
@@ -114,16 +77,13 @@ func newHarness(t testing.TB, limit int64) *harness {
 	t.Cleanup(func() {
 		hs.Close()
 		q.Stop()
-		client.Close()
-		conn.Close()
-		ps.Close()
 		for _, s := range []string{secret, oldSecret} {
 			if strings.Contains(logs.String(), s) {
 				t.Errorf("a secret appears in the logs")
 			}
 		}
 	})
-	return &harness{url: hs.URL, ps: ps, reg: reg, logs: logs}
+	return &harness{url: hs.URL, em: em, reg: reg, logs: logs}
 }
 
 type reply struct {
@@ -164,15 +124,6 @@ func signed(body []byte) map[string]string {
 	return map[string]string{signature.Header: signature.Sign(secret, body)}
 }
 
-func payload(t testing.TB, name string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", "testdata", "payloads", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 func TestStatuses(t *testing.T) {
 	const limit = 4096
 	h := newHarness(t, limit)
@@ -187,20 +138,20 @@ func TestStatuses(t *testing.T) {
 		status  string
 		errPart string
 	}{
-		{"stored", "/webhooks/cvat", payload(t, "update_job.json"), signed(payload(t, "update_job.json")), 202, "stored", ""},
-		{"trailing slash is not redirected", "/webhooks/cvat/", payload(t, "update_task.json"), signed(payload(t, "update_task.json")), 202, "stored", ""},
-		{"ping", "/webhooks/cvat", payload(t, "ping.json"), signed(payload(t, "ping.json")), 200, "pong", ""},
-		{"ignored known event", "/webhooks/cvat", payload(t, "create_comment.json"), signed(payload(t, "create_comment.json")), 200, "ignored", ""},
+		{"stored", "/webhooks/cvat", payloads.Read(t, "update_job.json"), signed(payloads.Read(t, "update_job.json")), 202, "stored", ""},
+		{"trailing slash is not redirected", "/webhooks/cvat/", payloads.Read(t, "update_task.json"), signed(payloads.Read(t, "update_task.json")), 202, "stored", ""},
+		{"ping", "/webhooks/cvat", payloads.Read(t, "ping.json"), signed(payloads.Read(t, "ping.json")), 200, "pong", ""},
+		{"ignored known event", "/webhooks/cvat", payloads.Read(t, "create_comment.json"), signed(payloads.Read(t, "create_comment.json")), 200, "ignored", ""},
 		{"unknown event accepted", "/webhooks/cvat", []byte(`{"event":"explode:galaxy"}`), signed([]byte(`{"event":"explode:galaxy"}`)), 200, "ignored", ""},
 		{"body of exactly the limit", "/webhooks/cvat", exact, signed(exact), 200, "pong", ""},
 		{"one byte over the limit", "/webhooks/cvat", over, signed(over), 413, "", "over the limit"},
-		{"missing signature", "/webhooks/cvat", payload(t, "update_job.json"), nil, 401, "", "missing"},
-		{"wrong secret", "/webhooks/cvat", payload(t, "update_job.json"), map[string]string{signature.Header: signature.Sign("nope", payload(t, "update_job.json"))}, 401, "", "does not match"},
-		{"sha1 prefix", "/webhooks/cvat", payload(t, "update_job.json"), map[string]string{signature.Header: "sha1=" + strings.Repeat("a", 40)}, 401, "", "sha256="},
+		{"missing signature", "/webhooks/cvat", payloads.Read(t, "update_job.json"), nil, 401, "", "missing"},
+		{"wrong secret", "/webhooks/cvat", payloads.Read(t, "update_job.json"), map[string]string{signature.Header: signature.Sign("nope", payloads.Read(t, "update_job.json"))}, 401, "", "does not match"},
+		{"sha1 prefix", "/webhooks/cvat", payloads.Read(t, "update_job.json"), map[string]string{signature.Header: "sha1=" + strings.Repeat("a", 40)}, 401, "", "sha256="},
 		{"not JSON", "/webhooks/cvat", []byte("event=ping"), signed([]byte("event=ping")), 400, "", "not a JSON object"},
 		{"JSON array", "/webhooks/cvat", []byte(`[1]`), signed([]byte(`[1]`)), 400, "", "not a JSON object"},
 		{"no event", "/webhooks/cvat", []byte(`{"task":{"id":1}}`), signed([]byte(`{"task":{"id":1}}`)), 400, "", "event"},
-		{"wrong content type still verified", "/webhooks/cvat", payload(t, "ping.json"), map[string]string{signature.Header: signature.Sign(secret, payload(t, "ping.json")), "Content-Type": "text/plain"}, 200, "pong", ""},
+		{"wrong content type still verified", "/webhooks/cvat", payloads.Read(t, "ping.json"), map[string]string{signature.Header: signature.Sign(secret, payloads.Read(t, "ping.json")), "Content-Type": "text/plain"}, 200, "pong", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -223,7 +174,7 @@ func TestStatuses(t *testing.T) {
 
 func TestMetricsCount(t *testing.T) {
 	h := newHarness(t, 1<<20)
-	body := payload(t, "update_job.json")
+	body := payloads.Read(t, "update_job.json")
 	h.post(t, "/webhooks/cvat", body, signed(body))
 	h.post(t, "/webhooks/cvat", body, nil)
 	h.post(t, "/webhooks/cvat", body, map[string]string{signature.Header: "sha256=zz"})
@@ -233,7 +184,7 @@ func TestMetricsCount(t *testing.T) {
 	h.post(t, "/webhooks/cvat", badID, signed(badID))
 	notJSON := []byte(`{"event":`)
 	h.post(t, "/webhooks/cvat", notJSON, signed(notJSON))
-	ping := payload(t, "ping.json")
+	ping := payloads.Read(t, "ping.json")
 	h.post(t, "/webhooks/cvat/", ping, signed(ping))
 	res, err := http.Get(h.url + "/metrics")
 	if err != nil {
@@ -334,26 +285,15 @@ func mustReq(t testing.TB, method, url string) *http.Request {
 // refused with a wrong, missing or truncated one, or another body's.
 func TestEveryPayload(t *testing.T) {
 	h := newHarness(t, 1<<20)
-	var entries []string
-	root := filepath.Join("..", "..", "testdata", "payloads")
-	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
-		if err == nil && !d.IsDir() && strings.HasSuffix(p, ".json") {
-			entries = append(entries, p)
-		}
-		return err
-	})
-	if err != nil || len(entries) < 22 {
-		t.Fatalf("payloads: %v, %d files", err, len(entries))
+	all := payloads.All(t)
+	if len(all) < 22 {
+		t.Fatalf("payloads: %d files", len(all))
 	}
 	other := []byte(`{"event":"ping","webhook":{"id":1}}`)
-	for _, p := range entries {
-		body, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, name := range slices.Sorted(maps.Keys(all)) {
+		body := all[name]
 		good := signature.Sign(secret, body)
-		rel, _ := filepath.Rel(root, p)
-		t.Run(filepath.ToSlash(rel), func(t *testing.T) {
+		t.Run(name, func(t *testing.T) {
 			cases := []struct {
 				name   string
 				header map[string]string
@@ -385,12 +325,12 @@ func TestEveryPayload(t *testing.T) {
 func TestStoredBeforeAnswer(t *testing.T) {
 	h := newHarness(t, 1<<20)
 	for _, name := range []string{"update_job.json", "update_task.json", "update_project.json", "delete_task.json"} {
-		body := payload(t, name)
+		body := payloads.Read(t, name)
 		if r := h.post(t, "/webhooks/cvat", body, signed(body)); r.code != http.StatusAccepted {
 			t.Fatalf("%s: %d %v", name, r.code, r.body)
 		}
 	}
-	msgs := h.ps.Messages()
+	msgs := h.em.Messages(topicID)
 	type got struct {
 		Key, Event string
 		Task, Job  int64
@@ -418,14 +358,12 @@ func TestStoredBeforeAnswer(t *testing.T) {
 	}
 }
 
-// TestInboxDown: with the Pub/Sub server gone the answer is 503 and nothing
+// TestInboxDown: with Pub/Sub cut off the answer is 503 and nothing
 // is claimed stored.
 func TestInboxDown(t *testing.T) {
 	h := newHarness(t, 1<<20)
-	if err := h.ps.Close(); err != nil {
-		t.Fatal(err)
-	}
-	body := payload(t, "update_job.json")
+	h.em.PubSubDown()
+	body := payloads.Read(t, "update_job.json")
 	r := h.post(t, "/webhooks/cvat", body, signed(body))
 	if r.code != http.StatusServiceUnavailable {
 		t.Fatalf("status %d (%v), want 503", r.code, r.body)
@@ -437,7 +375,7 @@ func TestInboxDown(t *testing.T) {
 		t.Error("claimed stored")
 	}
 	// Ping needs no storage and still answers.
-	ping := payload(t, "ping.json")
+	ping := payloads.Read(t, "ping.json")
 	if r := h.post(t, "/webhooks/cvat", ping, signed(ping)); r.code != http.StatusOK {
 		t.Errorf("ping with inbox down: %d", r.code)
 	}
@@ -493,7 +431,7 @@ func TestProbesAndMethods(t *testing.T) {
 // one replaced, and every log line of a delivery carries it.
 func TestRequestIDOnEveryLine(t *testing.T) {
 	h := newHarness(t, 1<<20)
-	body := payload(t, "update_job.json")
+	body := payloads.Read(t, "update_job.json")
 	req, _ := http.NewRequest(http.MethodPost, h.url+"/webhooks/cvat", bytes.NewReader(body))
 	req.Header.Set(signature.Header, signature.Sign(secret, body))
 	req.Header.Set("X-Request-Id", "req-from-proxy-1")
@@ -516,7 +454,7 @@ func TestRequestIDOnEveryLine(t *testing.T) {
 func BenchmarkHandler(b *testing.B) {
 	h := newHarness(b, 1<<20)
 	for _, name := range []string{"ping.json", "update_job.json"} {
-		body := payload(b, name)
+		body := payloads.Read(b, name)
 		sig := signature.Sign(secret, body)
 		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 		b.Run(strings.TrimSuffix(name, ".json"), func(b *testing.B) {
@@ -641,14 +579,14 @@ func TestUnreadableIDs(t *testing.T) {
 		for _, v := range values {
 			field := f.object + "." + f.key
 			t.Run(f.file+"/"+field+"/"+v.name, func(t *testing.T) {
-				body := withField(t, payload(t, f.file), f.object, f.key, v.raw)
+				body := withField(t, payloads.Read(t, f.file), f.object, f.key, v.raw)
 				var env struct {
 					Event string `json:"event"`
 				}
 				if err := json.Unmarshal(body, &env); err != nil {
 					t.Fatal(err)
 				}
-				before := len(h.ps.Messages())
+				before := len(h.em.Messages(topicID))
 				r := h.post(t, "/webhooks/cvat", body, signed(body))
 				if f.nullable && (v.name == "missing" || v.name == "null") {
 					if r.code != http.StatusAccepted {
@@ -663,7 +601,7 @@ func TestUnreadableIDs(t *testing.T) {
 				if msg, _ := r.body["error"].(string); !strings.HasPrefix(msg, field+": ") {
 					t.Errorf("error %q does not start with %q", msg, field+": ")
 				}
-				if n := len(h.ps.Messages()); n != before {
+				if n := len(h.em.Messages(topicID)); n != before {
 					t.Errorf("%d items stored for a refused delivery", n-before)
 				}
 			})
@@ -694,21 +632,16 @@ func TestUnreadableIDs(t *testing.T) {
 	}
 }
 
-// logLines returns the JSON log lines written so far.
+// logLines returns the JSON log lines written so far, failing t on a line
+// that is not JSON.
 func (h *harness) logLines(t testing.TB) []map[string]any {
 	t.Helper()
-	var out []map[string]any
-	for _, line := range strings.Split(strings.TrimSpace(h.logs.String()), "\n") {
-		if line == "" {
-			continue
-		}
-		var m map[string]any
-		if err := json.Unmarshal([]byte(line), &m); err != nil {
-			t.Fatalf("log line is not JSON: %s", line)
-		}
-		out = append(out, m)
+	lines := strings.Count(h.logs.String(), "\n")
+	recs := h.logs.Records() // written after String are included
+	if len(recs) < lines {
+		t.Fatalf("%d of %d log lines are JSON:\n%s", len(recs), lines, h.logs)
 	}
-	return out
+	return recs
 }
 
 // TestRefusalLogs: every refused delivery is logged once with who sent it
@@ -718,7 +651,7 @@ func (h *harness) logLines(t testing.TB) []map[string]any {
 func TestRefusalLogs(t *testing.T) {
 	h := newHarness(t, 2048)
 	const cvatUA = "CVAT/2.64.0 python-requests/2.32.3"
-	job, task := payload(t, "update_job.json"), payload(t, "update_task.json")
+	job, task := payloads.Read(t, "update_job.json"), payloads.Read(t, "update_task.json")
 	badID := []byte(`{"event":"update:job","job":{"id":14,"task_id":null},"webhook_id":2}`)
 	big := append([]byte(`{"event":"ping"}`), bytes.Repeat([]byte(" "), 4096)...)
 	cases := []struct {
@@ -794,20 +727,16 @@ func TestRefusalLogs(t *testing.T) {
 // and the inbox's error.
 func TestStoreFailureLog(t *testing.T) {
 	h := newHarness(t, 1<<20)
-	if err := h.ps.Close(); err != nil {
-		t.Fatal(err)
-	}
-	body := payload(t, "update_task.json")
+	h.em.PubSubDown()
+	body := payloads.Read(t, "update_task.json")
 	hdr := signed(body)
 	hdr["User-Agent"] = "CVAT/2.64.0 python-requests/2.32.3"
 	if r := h.post(t, "/webhooks/cvat", body, hdr); r.code != http.StatusServiceUnavailable {
 		t.Fatalf("status %d", r.code)
 	}
 	var got map[string]any
-	for _, l := range h.logLines(t) {
-		if l["msg"] == "webhook refused" {
-			got = l
-		}
+	if refused := h.logs.Find("webhook refused"); len(refused) > 0 {
+		got = refused[len(refused)-1]
 	}
 	if got["level"] != "ERROR" || got["task_id"] != 9.0 || got["project_id"] != 1.0 || got["user_agent"] != hdr["User-Agent"] ||
 		got["error"] == nil || got["remote_addr"] == nil {
