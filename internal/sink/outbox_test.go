@@ -193,25 +193,25 @@ func TestExportIDs(t *testing.T) {
 	}
 }
 
-// failingPublish makes pstest refuse Publish calls while it is on.
+// failingPublish makes the emulator refuse Publish calls while it is on.
 type failingPublish struct {
 	on   atomic.Bool
 	code codes.Code
 }
 
-func (f *failingPublish) React(any) (bool, any, error) {
-	if f.on.Load() {
-		return true, nil, status.Error(f.code, "injected publish failure")
+func (f *failingPublish) fault(method string, _ any) error {
+	if method == "Publish" && f.on.Load() {
+		return status.Error(f.code, "injected publish failure")
 	}
-	return false, nil, nil
+	return nil
 }
 
 func TestOutboxPublishFailures(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name     string
-		code     codes.Code // injected by a pstest reactor
-		stop     bool       // stop the server instead
+		code     codes.Code // injected by the emulator's fault hook
+		stop     bool       // cut the server off instead
 		notice   func() Notice
 		wantIs   error
 		wantCode codes.Code
@@ -235,7 +235,8 @@ func TestOutboxPublishFailures(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			fail := &failingPublish{code: tt.code}
-			ps := newPubSub(t, pstest.ServerReactorOption{FuncName: "Publish", Reactor: fail})
+			ps := newPubSub(t)
+			ps.em.SetPubSubFault(fail.fault)
 			pub := ps.publisher(t)
 			pub.PublishSettings.Timeout = 500 * time.Millisecond // bounds the client's retries when the server is gone
 			o := mustOutbox(t, OutboxConfig{Publisher: pub, Registerer: prometheus.NewRegistry()})
@@ -244,9 +245,7 @@ func TestOutboxPublishFailures(t *testing.T) {
 
 			fail.on.Store(tt.code != codes.OK)
 			if tt.stop {
-				if err := ps.stopServer(); err != nil {
-					t.Fatal(err)
-				}
+				ps.stopServer()
 			}
 			_, err := o.Publish(ctx, n)
 			if err == nil {

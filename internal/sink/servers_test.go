@@ -16,14 +16,14 @@ import (
 	"time"
 
 	"cloud.google.com/go/pubsub/v2"
-	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 	"cloud.google.com/go/pubsub/v2/pstest"
 	"cloud.google.com/go/storage"
 	"github.com/fsouza/fake-gcs-server/fakestorage"
 	"github.com/googleapis/gax-go/v2"
 	"google.golang.org/api/option"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/cvat-sync/cvat-sync/internal/cloud"
+	"github.com/cvat-sync/cvat-sync/internal/cloud/cloudtest"
 )
 
 const (
@@ -160,51 +160,22 @@ func (p *faultProxy) count() int {
 	return p.requests
 }
 
-// pubsubEnv is a pstest server with the outbox topic and a subscription.
+// pubsubEnv is cloudtest's Pub/Sub emulator with the outbox topic and a
+// subscription.
 type pubsubEnv struct {
-	srv       *pstest.Server
-	client    *pubsub.Client
-	closeOnce sync.Once
+	em     *cloudtest.Emulators
+	srv    *pstest.Server
+	client *pubsub.Client
 }
 
-// stopServer closes the pstest server (once: a second Close panics).
-func (e *pubsubEnv) stopServer() error {
-	var err error
-	e.closeOnce.Do(func() { err = e.srv.Close() })
-	return err
-}
+// stopServer cuts the client off the server, as an outage does.
+func (e *pubsubEnv) stopServer() { e.em.PubSubDown() }
 
-func newPubSub(t testing.TB, opts ...pstest.ServerReactorOption) *pubsubEnv {
+func newPubSub(t testing.TB) *pubsubEnv {
 	t.Helper()
-	srv := pstest.NewServer(opts...)
-	conn, err := grpc.NewClient(srv.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatalf("dial pstest: %v", err)
-	}
-	client, err := pubsub.NewClient(context.Background(), testProject, option.WithGRPCConn(conn))
-	if err != nil {
-		t.Fatalf("pubsub client: %v", err)
-	}
-	env := &pubsubEnv{srv: srv, client: client}
-	t.Cleanup(func() {
-		_ = client.Close()
-		_ = conn.Close()
-		_ = env.stopServer()
-	})
-	ctx := context.Background()
-	topic := "projects/" + testProject + "/topics/" + testTopic
-	if _, err := client.TopicAdminClient.CreateTopic(ctx, &pubsubpb.Topic{Name: topic}); err != nil {
-		t.Fatalf("create topic: %v", err)
-	}
-	if _, err := client.SubscriptionAdminClient.CreateSubscription(ctx, &pubsubpb.Subscription{
-		Name:                  "projects/" + testProject + "/subscriptions/" + testSub,
-		Topic:                 topic,
-		EnableMessageOrdering: true,
-		AckDeadlineSeconds:    10,
-	}); err != nil {
-		t.Fatalf("create subscription: %v", err)
-	}
-	return env
+	em := cloudtest.Start(t, cloudtest.Options{Project: testProject})
+	em.Subscription(t, testSub, testTopic, cloud.SubscriptionOptions{Ordering: true, AckDeadline: 10 * time.Second})
+	return &pubsubEnv{em: em, srv: em.PubSub(), client: em.Open(t).PubSub}
 }
 
 // publisher returns a publisher of the outbox topic, stopped at cleanup.
