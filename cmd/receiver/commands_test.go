@@ -21,6 +21,8 @@ import (
 
 	"github.com/cvat-sync/cvat-sync/internal/cloud"
 	"github.com/cvat-sync/cvat-sync/internal/cvatfake"
+	"github.com/cvat-sync/cvat-sync/internal/eventually"
+	"github.com/cvat-sync/cvat-sync/internal/logbuf"
 )
 
 // runCmd runs a command to its end and returns what it printed on
@@ -39,7 +41,7 @@ func runCmd(t *testing.T, env map[string]string, args ...string) (string, error)
 // standard error.
 func runStreams(t *testing.T, env map[string]string, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
-	var out, errOut syncBuffer
+	var out, errOut logbuf.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	err = run(ctx, append([]string{"receiver"}, args...), envMap(env), stdio{out: &out, err: &errOut})
@@ -73,7 +75,7 @@ func TestBackfillManyPages(t *testing.T) {
 	if pages := len(f.CallsTo(http.MethodGet, "/api/tasks")); pages < 3 {
 		t.Errorf("%d list calls, want several pages", pages)
 	}
-	waitFor(t, 20*time.Second, "230 notices", func() bool { return len(em.notices(t)) >= n })
+	eventually.Within(t, 20*time.Second, "230 notices", func() bool { return len(em.notices(t)) >= n })
 	seen := map[int64]bool{}
 	for _, no := range em.notices(t) {
 		if seen[no.Data.Task.ID] {
@@ -170,14 +172,14 @@ func TestEmbeddedExportTailAndRestart(t *testing.T) {
 	s := startService(t, env)
 
 	// Tail in the background; wait until its subscription exists.
-	tailOut := &syncBuffer{}
+	tailOut := logbuf.New()
 	tailCtx, stopTail := context.WithCancel(context.Background())
 	tailDone := make(chan error, 1)
 	go func() {
 		tailDone <- run(tailCtx, []string{"receiver", "outbox", "tail", "--limit", "1"}, envMap(env), stdio{out: tailOut})
 	}()
 	ps := embeddedPubSub(t, dir)
-	waitFor(t, 20*time.Second, "the tail subscription", func() bool {
+	eventually.Within(t, 20*time.Second, "the tail subscription", func() bool {
 		it := ps.SubscriptionAdminClient.ListSubscriptions(context.Background(), &pubsubpb.ListSubscriptionsRequest{Project: "projects/cvat-sync-local"})
 		for {
 			sub, err := it.Next()
@@ -219,7 +221,7 @@ func TestEmbeddedExportTailAndRestart(t *testing.T) {
 
 	env["CVAT_SYNC_RECONCILE_INTERVAL"] = "200ms"
 	s2 := startService(t, env)
-	waitFor(t, 20*time.Second, "a reconcile pass", func() bool {
+	eventually.Within(t, 20*time.Second, "a reconcile pass", func() bool {
 		return s2.metric(t, "cvat_sync_reconcile_passes_total", `kind="full"`, `outcome="ok"`) >= 1
 	})
 	if n := s2.metric(t, "cvat_sync_reconcile_enqueued_total"); n != 0 {
