@@ -5,17 +5,36 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
+	"github.com/cvat-sync/cvat-sync/internal/cloud/cloudtest"
 	"github.com/cvat-sync/cvat-sync/internal/logbuf"
 	"github.com/cvat-sync/cvat-sync/internal/payloads"
 	"github.com/cvat-sync/cvat-sync/internal/signature"
 )
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	// The tests' own idle keep-alive connections (http.Get, CVAT's fake's
+	// deliveries) are not the service's.
+	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
+	if code == 0 {
+		if err := goleak.Find(cloudtest.LeakOptions()...); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
 // service is a running `receiver serve`.
 type service struct {
