@@ -11,13 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"cloud.google.com/go/pubsub/v2"
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 	"cloud.google.com/go/storage"
 	"google.golang.org/api/iterator"
-	"google.golang.org/api/option"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/cvat-sync/cvat-sync/internal/cloud"
 	"github.com/cvat-sync/cvat-sync/internal/cvatfake"
@@ -178,7 +174,7 @@ func TestEmbeddedExportTailAndRestart(t *testing.T) {
 	go func() {
 		tailDone <- run(tailCtx, []string{"receiver", "outbox", "tail", "--limit", "1"}, envMap(env), stdio{out: tailOut})
 	}()
-	ps := embeddedPubSub(t, dir)
+	ps := embeddedEnv(t, dir).PubSub
 	eventually.Within(t, 20*time.Second, "the tail subscription", func() bool {
 		it := ps.SubscriptionAdminClient.ListSubscriptions(context.Background(), &pubsubpb.ListSubscriptionsRequest{Project: "projects/cvat-sync-local"})
 		for {
@@ -227,46 +223,26 @@ func TestEmbeddedExportTailAndRestart(t *testing.T) {
 	if n := s2.metric(t, "cvat_sync_reconcile_enqueued_total"); n != 0 {
 		t.Errorf("after restart the reconciler re-enqueued %v tasks; the bucket should say they are exported", n)
 	}
-	st := embeddedStorage(t, dir)
+	st := embeddedEnv(t, dir).Storage
 	names := listNames(t, st, line.Data.Object.Bucket)
 	if len(names) != 1 || names[0] != line.Data.Object.Name {
 		t.Errorf("archives after restart: %v, want only %s", names, line.Data.Object.Name)
 	}
 }
 
-func embeddedEndpoints(t *testing.T, dir string) cloud.Endpoints {
+// embeddedEnv connects to the embedded default of the service running on
+// dir, as `receiver outbox tail` does.
+func embeddedEnv(t *testing.T, dir string) *cloud.Env {
 	t.Helper()
-	var ep cloud.Endpoints
-	b, err := os.ReadFile(cloud.EndpointsFile(dir))
-	if err != nil || json.Unmarshal(b, &ep) != nil {
-		t.Fatalf("embedded endpoints: %v", err)
+	if _, ok := cloud.RunningEndpoints(dir); !ok {
+		t.Fatalf("no running embedded default in %s", dir)
 	}
-	return ep
-}
-
-func embeddedPubSub(t *testing.T, dir string) *pubsub.Client {
-	t.Helper()
-	conn, err := grpc.NewClient(embeddedEndpoints(t, dir).PubSub, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	env, err := cloud.New(context.Background(), cloud.Config{DataDir: dir, Attach: true, Getenv: envMap(nil)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := pubsub.NewClient(context.Background(), "cvat-sync-local", option.WithGRPCConn(conn))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); conn.Close() })
-	return c
-}
-
-func embeddedStorage(t *testing.T, dir string) *storage.Client {
-	t.Helper()
-	c, err := storage.NewClient(context.Background(), option.WithEndpoint(embeddedEndpoints(t, dir).Storage+"/storage/v1/"),
-		option.WithoutAuthentication(), storage.WithJSONReads())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	t.Cleanup(func() { env.Close() })
+	return env
 }
 
 // listNames lists the archives (not the _published markers) of a bucket.
