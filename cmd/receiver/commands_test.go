@@ -11,16 +11,14 @@ import (
 	"testing"
 	"time"
 
-	"cloud.google.com/go/pubsub/v2"
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 	"cloud.google.com/go/storage"
 	"google.golang.org/api/iterator"
-	"google.golang.org/api/option"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/cvat-sync/cvat-sync/internal/cloud"
 	"github.com/cvat-sync/cvat-sync/internal/cvatfake"
+	"github.com/cvat-sync/cvat-sync/internal/eventually"
+	"github.com/cvat-sync/cvat-sync/internal/logbuf"
 )
 
 // runCmd runs a command to its end and returns what it printed on
@@ -39,7 +37,7 @@ func runCmd(t *testing.T, env map[string]string, args ...string) (string, error)
 // standard error.
 func runStreams(t *testing.T, env map[string]string, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
-	var out, errOut syncBuffer
+	var out, errOut logbuf.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	err = run(ctx, append([]string{"receiver"}, args...), envMap(env), stdio{out: &out, err: &errOut})
@@ -73,7 +71,7 @@ func TestBackfillManyPages(t *testing.T) {
 	if pages := len(f.CallsTo(http.MethodGet, "/api/tasks")); pages < 3 {
 		t.Errorf("%d list calls, want several pages", pages)
 	}
-	waitFor(t, 20*time.Second, "230 notices", func() bool { return len(em.notices(t)) >= n })
+	eventually.Within(t, 20*time.Second, "230 notices", func() bool { return len(em.notices(t)) >= n })
 	seen := map[int64]bool{}
 	for _, no := range em.notices(t) {
 		if seen[no.Data.Task.ID] {
@@ -170,14 +168,14 @@ func TestEmbeddedExportTailAndRestart(t *testing.T) {
 	s := startService(t, env)
 
 	// Tail in the background; wait until its subscription exists.
-	tailOut := &syncBuffer{}
+	tailOut := logbuf.New()
 	tailCtx, stopTail := context.WithCancel(context.Background())
 	tailDone := make(chan error, 1)
 	go func() {
 		tailDone <- run(tailCtx, []string{"receiver", "outbox", "tail", "--limit", "1"}, envMap(env), stdio{out: tailOut})
 	}()
-	ps := embeddedPubSub(t, dir)
-	waitFor(t, 20*time.Second, "the tail subscription", func() bool {
+	ps := embeddedEnv(t, dir).PubSub
+	eventually.Within(t, 20*time.Second, "the tail subscription", func() bool {
 		it := ps.SubscriptionAdminClient.ListSubscriptions(context.Background(), &pubsubpb.ListSubscriptionsRequest{Project: "projects/cvat-sync-local"})
 		for {
 			sub, err := it.Next()
@@ -219,52 +217,32 @@ func TestEmbeddedExportTailAndRestart(t *testing.T) {
 
 	env["CVAT_SYNC_RECONCILE_INTERVAL"] = "200ms"
 	s2 := startService(t, env)
-	waitFor(t, 20*time.Second, "a reconcile pass", func() bool {
+	eventually.Within(t, 20*time.Second, "a reconcile pass", func() bool {
 		return s2.metric(t, "cvat_sync_reconcile_passes_total", `kind="full"`, `outcome="ok"`) >= 1
 	})
 	if n := s2.metric(t, "cvat_sync_reconcile_enqueued_total"); n != 0 {
 		t.Errorf("after restart the reconciler re-enqueued %v tasks; the bucket should say they are exported", n)
 	}
-	st := embeddedStorage(t, dir)
+	st := embeddedEnv(t, dir).Storage
 	names := listNames(t, st, line.Data.Object.Bucket)
 	if len(names) != 1 || names[0] != line.Data.Object.Name {
 		t.Errorf("archives after restart: %v, want only %s", names, line.Data.Object.Name)
 	}
 }
 
-func embeddedEndpoints(t *testing.T, dir string) cloud.Endpoints {
+// embeddedEnv connects to the embedded default of the service running on
+// dir, as `receiver outbox tail` does.
+func embeddedEnv(t *testing.T, dir string) *cloud.Env {
 	t.Helper()
-	var ep cloud.Endpoints
-	b, err := os.ReadFile(cloud.EndpointsFile(dir))
-	if err != nil || json.Unmarshal(b, &ep) != nil {
-		t.Fatalf("embedded endpoints: %v", err)
+	if _, ok := cloud.RunningEndpoints(dir); !ok {
+		t.Fatalf("no running embedded default in %s", dir)
 	}
-	return ep
-}
-
-func embeddedPubSub(t *testing.T, dir string) *pubsub.Client {
-	t.Helper()
-	conn, err := grpc.NewClient(embeddedEndpoints(t, dir).PubSub, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	env, err := cloud.New(context.Background(), cloud.Config{DataDir: dir, Attach: true, Getenv: envMap(nil)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := pubsub.NewClient(context.Background(), "cvat-sync-local", option.WithGRPCConn(conn))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); conn.Close() })
-	return c
-}
-
-func embeddedStorage(t *testing.T, dir string) *storage.Client {
-	t.Helper()
-	c, err := storage.NewClient(context.Background(), option.WithEndpoint(embeddedEndpoints(t, dir).Storage+"/storage/v1/"),
-		option.WithoutAuthentication(), storage.WithJSONReads())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	t.Cleanup(func() { env.Close() })
+	return env
 }
 
 // listNames lists the archives (not the _published markers) of a bucket.

@@ -6,138 +6,48 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"cloud.google.com/go/pubsub/v2"
-	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
-	"cloud.google.com/go/pubsub/v2/pstest"
 	"github.com/fsouza/fake-gcs-server/fakestorage"
-	"google.golang.org/api/option"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/cvat-sync/cvat-sync/internal/cloud/cloudtest"
 	"github.com/cvat-sync/cvat-sync/internal/cvatfake"
+	"github.com/cvat-sync/cvat-sync/internal/eventually"
 )
 
 const (
 	e2eSecret  = "e2e-webhook-secret"
 	e2eProject = "e2e-project"
-	outboxSub  = "test-outbox"
 	formatCVAT = "CVAT for images 1.1"
 )
 
 // emulators are the external Pub/Sub and GCS servers a test's services share,
-// as PUBSUB_EMULATOR_HOST and STORAGE_EMULATOR_HOST.
+// as PUBSUB_EMULATOR_HOST and STORAGE_EMULATOR_HOST, with the outbox's
+// notices collected from before any service starts, so the test sees every
+// one.
 type emulators struct {
-	ps    *pstest.Server
-	gcs   *fakestorage.Server
-	proxy *httptest.Server // in front of gcs, for fault injection
-	fail  func(r *http.Request) bool
-	mu    sync.Mutex
-
-	client *pubsub.Client
-	msgs   []*pubsub.Message
-	msgMu  sync.Mutex
+	*cloudtest.Emulators
+	outbox *cloudtest.Collector
 }
 
 func newEmulators(t *testing.T) *emulators {
 	t.Helper()
-	e := &emulators{ps: pstest.NewServer()}
-	gcs, err := fakestorage.NewServerWithOptions(fakestorage.Options{Scheme: "http", Host: "127.0.0.1", Port: 0, Writer: io.Discard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.gcs = gcs
-	target := gcs.URL()
-	e.proxy = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		e.mu.Lock()
-		fail := e.fail
-		e.mu.Unlock()
-		if fail != nil && fail(r) {
-			http.Error(w, `{"error":{"code":503,"message":"injected"}}`, http.StatusServiceUnavailable)
-			return
-		}
-		req, _ := http.NewRequestWithContext(r.Context(), r.Method, target+r.URL.RequestURI(), r.Body)
-		req.Header = r.Header.Clone()
-		req.ContentLength = r.ContentLength
-		res, err := http.DefaultTransport.RoundTrip(req)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadGateway)
-			return
-		}
-		defer res.Body.Close()
-		for k, v := range res.Header {
-			w.Header()[k] = v
-		}
-		w.WriteHeader(res.StatusCode)
-		_, _ = io.Copy(w, res.Body)
-	}))
-
-	ctx := context.Background()
-	conn, err := grpc.NewClient(e.ps.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.client, err = pubsub.NewClient(ctx, e2eProject, option.WithGRPCConn(conn))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The outbox topic and a subscription exist before any service starts,
-	// so the test sees every notice.
-	topic := "projects/" + e2eProject + "/topics/cvat-sync-exports"
-	if _, err := e.client.TopicAdminClient.CreateTopic(ctx, &pubsubpb.Topic{Name: topic}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.client.SubscriptionAdminClient.CreateSubscription(ctx, &pubsubpb.Subscription{
-		Name: "projects/" + e2eProject + "/subscriptions/" + outboxSub, Topic: topic, AckDeadlineSeconds: 60,
-	}); err != nil {
-		t.Fatal(err)
-	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = e.client.Subscriber(outboxSub).Receive(rctx, func(_ context.Context, m *pubsub.Message) {
-			e.msgMu.Lock()
-			e.msgs = append(e.msgs, m)
-			e.msgMu.Unlock()
-			m.Ack()
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		e.client.Close()
-		conn.Close()
-		e.proxy.Close()
-		gcs.Stop()
-		e.ps.Close()
-	})
-	return e
+	em := cloudtest.Start(t, cloudtest.Options{Project: e2eProject})
+	return &emulators{Emulators: em, outbox: em.Collect(t, "cvat-sync-exports")}
 }
 
+// env is the emulators' environment, the webhook secret and extra.
 func (e *emulators) env(extra map[string]string) map[string]string {
-	m := map[string]string{
-		"PUBSUB_EMULATOR_HOST":     e.ps.Addr,
-		"STORAGE_EMULATOR_HOST":    e.proxy.URL,
-		"CVAT_SYNC_GCP_PROJECT":    e2eProject,
-		"CVAT_SYNC_WEBHOOK_SECRET": e2eSecret,
-	}
+	m := e.Env()
+	m["CVAT_SYNC_WEBHOOK_SECRET"] = e2eSecret
 	for k, v := range extra {
 		m[k] = v
 	}
 	return m
-}
-
-func (e *emulators) setGCSFault(f func(*http.Request) bool) {
-	e.mu.Lock()
-	e.fail = f
-	e.mu.Unlock()
 }
 
 // notice is the part of an outbox message the tests check.
@@ -169,10 +79,8 @@ type notice struct {
 
 func (e *emulators) notices(t *testing.T) []notice {
 	t.Helper()
-	e.msgMu.Lock()
-	defer e.msgMu.Unlock()
 	var out []notice
-	for _, m := range e.msgs {
+	for _, m := range e.outbox.Messages() {
 		n := notice{Attrs: m.Attributes, Key: m.OrderingKey}
 		if err := json.Unmarshal(m.Data, &n.Data); err != nil {
 			t.Fatalf("outbox data: %v", err)
@@ -180,18 +88,6 @@ func (e *emulators) notices(t *testing.T) []notice {
 		out = append(out, n)
 	}
 	return out
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond) // polling with a deadline
-	}
 }
 
 // metric returns the sum of a metric's samples whose labels contain all of
@@ -280,7 +176,7 @@ func TestExportEndToEnd(t *testing.T) {
 			}
 			s := startService(t, em.env(pipelineEnv(f, env)))
 			if tt.events == 0 {
-				waitFor(t, 20*time.Second, "the first pass", func() bool { return s.metric(t, "cvat_sync_reconcile_passes_total", `outcome="ok"`) >= 1 })
+				eventually.Within(t, 20*time.Second, "the first pass", func() bool { return s.metric(t, "cvat_sync_reconcile_passes_total", `outcome="ok"`) >= 1 })
 			}
 
 			evs, err := f.SaveAnnotations(job.ID)
@@ -288,8 +184,8 @@ func TestExportEndToEnd(t *testing.T) {
 				t.Fatalf("save: %v: %d events, want %d", err, len(evs), tt.events)
 			}
 			deliver(t, f, s, evs...)
-			waitFor(t, 20*time.Second, "the export notice", func() bool { return len(em.notices(t)) >= 1 })
-			waitFor(t, 10*time.Second, "no pending work", func() bool { return s.metric(t, "cvat_sync_pending_tasks") == 0 })
+			eventually.Within(t, 20*time.Second, "the export notice", func() bool { return len(em.notices(t)) >= 1 })
+			eventually.Within(t, 10*time.Second, "no pending work", func() bool { return s.metric(t, "cvat_sync_pending_tasks") == 0 })
 
 			ns := em.notices(t)
 			if len(ns) != 1 {
@@ -307,14 +203,14 @@ func TestExportEndToEnd(t *testing.T) {
 			if n.Key != "task-"+strconv.FormatInt(task.ID, 10) || n.Data.ExportID == "" || n.Data.Object == nil {
 				t.Fatalf("notice: key %q data %+v", n.Key, n.Data)
 			}
-			waitFor(t, 10*time.Second, "every event consumed", func() bool { return s.metric(t, "cvat_sync_inbox_items_total") >= float64(max(tt.events, 1)) })
+			eventually.Within(t, 10*time.Second, "every event consumed", func() bool { return s.metric(t, "cvat_sync_inbox_items_total") >= float64(max(tt.events, 1)) })
 			if got := s.metric(t, "cvat_sync_coalesced_events_total"); tt.events > 1 && got < 1 {
 				t.Errorf("cvat_sync_coalesced_events_total = %v, want the task event folded into the job's export", got)
 			}
 			if !n.Data.Task.UpdatedDate.Equal(stored.UpdatedDate) || n.Data.Trigger.Coalesced < 1 || n.Data.Trigger.Event == "" {
 				t.Errorf("task/trigger: %+v %+v (task updated %v)", n.Data.Task, n.Data.Trigger, stored.UpdatedDate)
 			}
-			obj, err := em.gcs.GetObject(n.Data.Object.Bucket, n.Data.Object.Name)
+			obj, err := em.GCS().GetObject(n.Data.Object.Bucket, n.Data.Object.Name)
 			if err != nil {
 				t.Fatalf("object of the notice: %v", err)
 			}
@@ -364,8 +260,8 @@ func TestBurstCoalesces(t *testing.T) {
 		evs = append(evs, e...)
 	}
 	deliver(t, f, s, evs...)
-	waitFor(t, 30*time.Second, "the export notice", func() bool { return len(em.notices(t)) >= 1 })
-	waitFor(t, 4*time.Minute, "every event consumed", func() bool {
+	eventually.Within(t, 30*time.Second, "the export notice", func() bool { return len(em.notices(t)) >= 1 })
+	eventually.Within(t, 4*time.Minute, "every event consumed", func() bool {
 		return s.metric(t, "cvat_sync_inbox_items_total") >= float64(len(evs)) && s.metric(t, "cvat_sync_pending_tasks") == 0
 	})
 	ns := em.notices(t)
@@ -399,7 +295,7 @@ func TestRestartMidDebounce(t *testing.T) {
 	first := startService(t, env)
 	evs, _ := f.SaveAnnotations(job.ID)
 	deliver(t, f, first, evs...)
-	waitFor(t, 10*time.Second, "the events to be pending", func() bool { return first.metric(t, "cvat_sync_pending_tasks") >= 1 })
+	eventually.Within(t, 10*time.Second, "the events to be pending", func() bool { return first.metric(t, "cvat_sync_pending_tasks") >= 1 })
 	first.stop(t)
 	if !strings.Contains(first.logs.String(), `"message":"worker drained"`) {
 		t.Error("first service did not drain its worker")
@@ -413,15 +309,15 @@ func TestRestartMidDebounce(t *testing.T) {
 	second := startService(t, env2)
 	defer func() {
 		if t.Failed() {
-			for _, m := range em.ps.Messages() {
+			for _, m := range em.PubSub().Messages() {
 				t.Logf("pstest message %s key %q deliveries %d acks %d modacks %v", m.ID, m.OrderingKey, m.Deliveries, m.Acks, m.Modacks)
 			}
 		}
 	}()
 	// A nacked message can reach the first service's closing stream and be
 	// lost there until the inbox's 20 s ack deadline passes: allow for that.
-	waitFor(t, 90*time.Second, "the export after restart", func() bool { return len(em.notices(t)) >= 1 })
-	waitFor(t, 10*time.Second, "no pending work", func() bool { return second.metric(t, "cvat_sync_pending_tasks") == 0 })
+	eventually.Within(t, 90*time.Second, "the export after restart", func() bool { return len(em.notices(t)) >= 1 })
+	eventually.Within(t, 10*time.Second, "no pending work", func() bool { return second.metric(t, "cvat_sync_pending_tasks") == 0 })
 	if n := len(em.notices(t)); n != 1 {
 		t.Errorf("%d notices, want 1", n)
 	}
@@ -438,11 +334,11 @@ func TestReconcilerFindsSilentChange(t *testing.T) {
 	f := cvatfake.New(t, cvatfake.Options{})
 	task := f.AddTask(cvatfake.Task{Name: "sandbox task"})
 	s := startService(t, em.env(pipelineEnv(f, map[string]string{"CVAT_SYNC_RECONCILE_INTERVAL": "500ms"})))
-	waitFor(t, 20*time.Second, "the first reconciled export", func() bool { return len(em.notices(t)) >= 1 })
+	eventually.Within(t, 20*time.Second, "the first reconciled export", func() bool { return len(em.notices(t)) >= 1 })
 	if _, err := f.TouchTask(task.ID); err != nil { // a change no webhook reports
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the export of the silent change", func() bool { return len(em.notices(t)) >= 2 })
+	eventually.Within(t, 20*time.Second, "the export of the silent change", func() bool { return len(em.notices(t)) >= 2 })
 	ns := em.notices(t)
 	stored, _ := f.Task(task.ID)
 	if !ns[1].Data.Task.UpdatedDate.Equal(stored.UpdatedDate) || ns[1].Data.Trigger.Event != "reconcile" || ns[1].Attrs["project_id"] != "" {
@@ -467,30 +363,30 @@ func TestOutagesRecover(t *testing.T) {
 	f.Inject(cvatfake.Fault{Route: "/api/tasks/{id}", Status: 502, Times: 6})
 	var gcsFailures int
 	var mu sync.Mutex
-	em.setGCSFault(func(r *http.Request) bool {
+	em.SetGCSFault(func(r *http.Request) int {
 		mu.Lock()
 		defer mu.Unlock()
 		if r.Method == http.MethodPost && strings.Contains(r.URL.Path, "/upload/") && gcsFailures < 50 {
 			gcsFailures++
-			return true
+			return http.StatusServiceUnavailable
 		}
-		return false
+		return 0
 	})
 	evs, _ := f.SaveAnnotations(job.ID)
 	deliver(t, f, s, evs...)
-	waitFor(t, 60*time.Second, "the outage held", func() bool {
+	eventually.Within(t, 60*time.Second, "the outage held", func() bool {
 		return s.metric(t, "cvat_sync_work_postponed_total", `reason="unavailable"`) >= 1
 	})
-	em.setGCSFault(nil)
-	waitFor(t, 60*time.Second, "the export after recovery", func() bool { return len(em.notices(t)) >= 1 })
-	waitFor(t, 10*time.Second, "no pending work", func() bool { return s.metric(t, "cvat_sync_pending_tasks") == 0 })
+	em.SetGCSFault(nil)
+	eventually.Within(t, 60*time.Second, "the export after recovery", func() bool { return len(em.notices(t)) >= 1 })
+	eventually.Within(t, 10*time.Second, "no pending work", func() bool { return s.metric(t, "cvat_sync_pending_tasks") == 0 })
 	if n := len(em.notices(t)); n != 1 {
 		t.Errorf("%d notices, want 1", n)
 	}
 	if n := s.metric(t, "cvat_sync_export_retries_total"); n != 0 {
 		t.Errorf("the outages spent %v attempts", n)
 	}
-	list, err := em.gcs.ListObjectsWithOptionsPaginated("cvat-sync", fakestorage.ListOptions{Prefix: "tasks/"})
+	list, err := em.GCS().ListObjectsWithOptionsPaginated("cvat-sync", fakestorage.ListOptions{Prefix: "tasks/"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -514,19 +410,19 @@ func TestDeletionNotice(t *testing.T) {
 		t.Fatal(err)
 	}
 	deliver(t, f, s, up...)
-	waitFor(t, 20*time.Second, "the export", func() bool { return len(em.notices(t)) >= 1 })
+	eventually.Within(t, 20*time.Second, "the export", func() bool { return len(em.notices(t)) >= 1 })
 	ev, err := f.DeleteTask(task.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	deliver(t, f, s, ev)
-	waitFor(t, 20*time.Second, "the deletion notice", func() bool { return len(em.notices(t)) >= 2 })
+	eventually.Within(t, 20*time.Second, "the deletion notice", func() bool { return len(em.notices(t)) >= 2 })
 	n := em.notices(t)[1]
 	if n.Attrs["kind"] != "task.deleted" || n.Data.Kind != "task.deleted" || n.Data.ExportID == "" || n.Data.Object != nil {
 		t.Errorf("deletion notice: attrs %v data %+v", n.Attrs, n.Data)
 	}
 	deliver(t, f, s, ev)
-	waitFor(t, 20*time.Second, "the second delivery settled", func() bool {
+	eventually.Within(t, 20*time.Second, "the second delivery settled", func() bool {
 		return s.metric(t, "cvat_sync_inbox_items_total", `kind="delete"`) >= 2 && s.metric(t, "cvat_sync_pending_tasks") == 0
 	})
 	if got := len(em.notices(t)); got != 2 {

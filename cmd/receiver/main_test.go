@@ -5,41 +5,41 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
+	"github.com/cvat-sync/cvat-sync/internal/cloud/cloudtest"
+	"github.com/cvat-sync/cvat-sync/internal/logbuf"
+	"github.com/cvat-sync/cvat-sync/internal/payloads"
 	"github.com/cvat-sync/cvat-sync/internal/signature"
 )
 
-// syncBuffer is an io.Writer safe for the service's goroutines that a test
-// can read while the service runs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+func TestMain(m *testing.M) {
+	code := m.Run()
+	// The tests' own idle keep-alive connections (http.Get, CVAT's fake's
+	// deliveries) are not the service's.
+	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
+	if code == 0 {
+		if err := goleak.Find(cloudtest.LeakOptions()...); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 // service is a running `receiver serve`.
 type service struct {
 	addr   string
-	logs   *syncBuffer
+	logs   *logbuf.Buffer
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -58,7 +58,7 @@ func startService(t *testing.T, env map[string]string, args ...string) *service 
 		env["CVAT_SYNC_LISTEN"] = "127.0.0.1:0"
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &service{logs: &syncBuffer{}, cancel: cancel, done: make(chan error, 1)}
+	s := &service{logs: logbuf.New(), cancel: cancel, done: make(chan error, 1)}
 	addr := make(chan string, 1)
 	go func() {
 		s.done <- run(ctx, append([]string{"receiver", "serve"}, args...), envMap(env),
@@ -127,15 +127,6 @@ func get(t *testing.T, url string) int {
 	return res.StatusCode
 }
 
-func readPayload(t *testing.T, name string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", "testdata", "payloads", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // TestServeEmbedded runs the real program on its embedded default: probes
 // answer, a signed event is stored, an unsigned one refused, and SIGTERM
 // (context cancellation) stops it cleanly.
@@ -147,7 +138,7 @@ func TestServeEmbedded(t *testing.T) {
 			t.Errorf("GET %s: %d", p, code)
 		}
 	}
-	body := readPayload(t, "update_job.json")
+	body := payloads.Read(t, "update_job.json")
 	if code, m := s.post(t, body, signature.Sign(secret, body)); code != http.StatusAccepted || m["status"] != "stored" {
 		t.Errorf("signed update:job: %d %v", code, m)
 	}
@@ -190,11 +181,8 @@ func TestServeRefusesBadConfig(t *testing.T) {
 }
 
 func TestSignAndVersion(t *testing.T) {
-	file := filepath.Join("..", "..", "testdata", "payloads", "ping.json")
-	body, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
+	file := filepath.Join(payloads.Dir(), "ping.json")
+	body := payloads.Read(t, "ping.json")
 	// The reference vector for ping.json under this secret.
 	const want = "sha256=6eb21d23f5283"
 	for name, std := range map[string]func(out io.Writer) stdio{
@@ -219,7 +207,7 @@ func TestSignAndVersion(t *testing.T) {
 			t.Errorf("receiver %s: %v %q", args[0], err, out.String())
 		}
 	}
-	err = run(context.Background(), []string{"receiver", "sign", file}, envMap(nil), stdio{})
+	err := run(context.Background(), []string{"receiver", "sign", file}, envMap(nil), stdio{})
 	if exitCode(err) != 2 {
 		t.Errorf("sign without a secret: %v (exit %d), want a usage error", err, exitCode(err))
 	}

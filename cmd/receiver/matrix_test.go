@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cvat-sync/cvat-sync/internal/cvatfake"
+	"github.com/cvat-sync/cvat-sync/internal/eventually"
 )
 
 // TestCVATReleases runs the real program against the CVAT fake
@@ -48,7 +49,7 @@ func TestCVATReleases(t *testing.T) {
 			// and accepts it without CVAT_SYNC_LEGACY_SIGNATURE.
 			s := startService(t, em.env(pipelineEnv(f, extra)))
 			if strings.HasPrefix(version, "2.3.") {
-				waitFor(t, 30*time.Second, "the release noticed", func() bool { return strings.Contains(s.logs.String(), "plus a newline") })
+				eventually.Within(t, 30*time.Second, "the release noticed", func() bool { return s.logs.Contains("plus a newline") })
 			}
 			env := em.env(pipelineEnv(f, map[string]string{
 				"CVAT_SYNC_PUBLIC_URL":         "http://" + s.addr,
@@ -67,11 +68,11 @@ func TestCVATReleases(t *testing.T) {
 			if out, err := runCmd(t, env, "webhook", "ping"); err != nil {
 				t.Fatalf("ping: %v\n%s", err, out)
 			}
-			waitFor(t, 60*time.Second, "the ping at the service", func() bool {
+			eventually.Within(t, 60*time.Second, "the ping at the service", func() bool {
 				return s.metric(t, "cvat_sync_webhook_deliveries_total", `event="ping"`, `outcome="ping"`) == 1
 			})
 			if !saves {
-				waitFor(t, 30*time.Second, "the first pass", func() bool {
+				eventually.Within(t, 30*time.Second, "the first pass", func() bool {
 					return s.metric(t, "cvat_sync_reconcile_passes_total", `outcome="ok"`) >= 1
 				})
 			}
@@ -88,8 +89,8 @@ func TestCVATReleases(t *testing.T) {
 					t.Fatalf("delivery of %s: %v %d %s", sent.Event, sent.Err, sent.Result.StatusCode, sent.Result.Body)
 				}
 			}
-			waitFor(t, 60*time.Second, "the export notice", func() bool { return len(em.notices(t)) >= 1 })
-			waitFor(t, 20*time.Second, "no pending work", func() bool { return s.metric(t, "cvat_sync_pending_tasks") == 0 })
+			eventually.Within(t, 60*time.Second, "the export notice", func() bool { return len(em.notices(t)) >= 1 })
+			eventually.Within(t, 20*time.Second, "no pending work", func() bool { return s.metric(t, "cvat_sync_pending_tasks") == 0 })
 			ns := em.notices(t)
 			if len(ns) != 1 || ns[0].Attrs["kind"] != "task.exported" || ns[0].Data.Task.ID != tk.ID {
 				t.Fatalf("notices %+v, want one task.exported of task %d", ns, tk.ID)
@@ -98,7 +99,7 @@ func TestCVATReleases(t *testing.T) {
 			if !ns[0].Data.Task.UpdatedDate.Equal(stored.UpdatedDate) {
 				t.Errorf("notice of state %v, CVAT has %v", ns[0].Data.Task.UpdatedDate, stored.UpdatedDate)
 			}
-			obj, err := em.gcs.GetObject(ns[0].Data.Object.Bucket, ns[0].Data.Object.Name)
+			obj, err := em.GCS().GetObject(ns[0].Data.Object.Bucket, ns[0].Data.Object.Name)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -118,7 +119,7 @@ func TestCVATReleases(t *testing.T) {
 					t.Fatalf("delivery of %s: %v %d", sent.Event, sent.Err, sent.Result.StatusCode)
 				}
 			}
-			waitFor(t, 60*time.Second, "the deletion notice", func() bool { return len(em.notices(t)) >= 2 })
+			eventually.Within(t, 60*time.Second, "the deletion notice", func() bool { return len(em.notices(t)) >= 2 })
 			ns = em.notices(t)
 			if len(ns) != 2 || ns[1].Attrs["kind"] != "task.deleted" || ns[1].Data.Task.ID != tk.ID {
 				t.Fatalf("notices %+v, want the deletion of task %d second", ns, tk.ID)
@@ -129,7 +130,7 @@ func TestCVATReleases(t *testing.T) {
 			if err != nil || !strings.Contains(out, "1 tasks: 1 exported") {
 				t.Fatalf("backfill: %v\n%s", err, tail(out))
 			}
-			waitFor(t, 30*time.Second, "the backfilled notice", func() bool { return len(em.notices(t)) >= 3 })
+			eventually.Within(t, 30*time.Second, "the backfilled notice", func() bool { return len(em.notices(t)) >= 3 })
 			ns = em.notices(t)
 			if len(ns) != 3 || ns[2].Data.Task.ID != elsewhere.ID {
 				t.Errorf("notices after backfill %+v, want a third for task %d", ns, elsewhere.ID)
@@ -181,10 +182,10 @@ func TestRedeliveryAfterDowntime(t *testing.T) {
 		}
 	}
 	s := startService(t, env)
-	waitFor(t, 60*time.Second, "the failed deliveries seen", func() bool {
+	eventually.Within(t, 60*time.Second, "the failed deliveries seen", func() bool {
 		return s.metric(t, "cvat_sync_cvat_failed_deliveries") >= 1
 	})
-	waitFor(t, 60*time.Second, "the export of the redelivered save", func() bool { return len(em.notices(t)) == 1 })
+	eventually.Within(t, 60*time.Second, "the export of the redelivered save", func() bool { return len(em.notices(t)) == 1 })
 	if n := s.metric(t, "cvat_sync_cvat_redeliveries_total", `outcome="requested"`); n < 1 {
 		t.Errorf("redeliveries requested: %v", n)
 	}

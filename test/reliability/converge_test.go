@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cvat-sync/cvat-sync/internal/cvatfake"
+	"github.com/cvat-sync/cvat-sync/internal/eventually"
 )
 
 // TestCVATOutageThreeMinutes: CVAT stops answering (every connection dropped)
@@ -33,7 +34,7 @@ func TestCVATOutageThreeMinutes(t *testing.T) {
 	if failed := deliverAll(cv, r.webhookURL(), evs, 4, nil); len(failed) > 0 {
 		t.Fatalf("%d deliveries got no 2xx", len(failed))
 	}
-	eventually(t, time.Minute, "the outage to be met", func() bool {
+	eventually.Within(t, time.Minute, "the outage to be met", func() bool {
 		return r.metric(t, "cvat_sync_work_postponed_total", `reason="unavailable"`) >= 1
 	})
 	time.Sleep(outage) // the outage itself: the time is what is tested
@@ -42,7 +43,7 @@ func TestCVATOutageThreeMinutes(t *testing.T) {
 	}
 	cv.ClearFaults()
 	checkEveryTaskOnce(t, e, cv, r, f, 3*time.Minute, false)
-	if n := len(e.messages(deadLetterTopic)); n != 0 {
+	if n := len(e.Messages(deadLetterTopic)); n != 0 {
 		t.Errorf("%d dead letters after an outage", n)
 	}
 	if n := r.metric(t, "cvat_sync_dead_lettered_total"); n != 0 {
@@ -88,7 +89,7 @@ func TestEmbeddedKillLosesNothing(t *testing.T) {
 	if failed := deliverAll(cv, first.webhookURL(), evs, 1, nil); len(failed) > 0 {
 		t.Fatal("delivery failed")
 	}
-	eventually(t, time.Minute, "the doomed task's export", func() bool { return recordOf(t, data, doomed.ID).current(cv, doomed.ID) })
+	eventually.Within(t, time.Minute, "the doomed task's export", func() bool { return recordOf(t, data, doomed.ID).current(cv, doomed.ID) })
 	first.kill()
 
 	// Saves and a deletion, answered 2xx, then a SIGKILL before they can be
@@ -124,7 +125,7 @@ func TestEmbeddedKillLosesNothing(t *testing.T) {
 	env["CVAT_SYNC_MAX_WAIT"] = "5s"
 	env["CVAT_SYNC_RECONCILE_INTERVAL"] = "1s"
 	third := startReceiver(t, env)
-	eventually(t, 2*time.Minute, "every update and the deletion announced", func() bool {
+	eventually.Within(t, 2*time.Minute, "every update and the deletion announced", func() bool {
 		return recordOf(t, data, tasks[0].ID).current(cv, tasks[0].ID) && recordOf(t, data, tasks[1].ID).current(cv, tasks[1].ID) &&
 			recordOf(t, data, doomed.ID).Deleted != nil
 	})

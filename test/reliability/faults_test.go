@@ -12,8 +12,11 @@ import (
 
 	"cloud.google.com/go/pubsub/v2/pstest"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	"github.com/cvat-sync/cvat-sync/internal/cloud/cloudtest"
 	"github.com/cvat-sync/cvat-sync/internal/cvatfake"
+	"github.com/cvat-sync/cvat-sync/internal/eventually"
 )
 
 const (
@@ -27,14 +30,14 @@ const (
 
 // stack is a CVAT fake, the emulators and a receiver exporting between them.
 type stack struct {
-	em *emulators
+	em *cloudtest.Emulators
 	cv *cvatfake.Server
 	r  *receiver
 	p  cvatfake.Project
 }
 
-func pipelineEnv(em *emulators, cv *cvatfake.Server, dataDir string) map[string]string {
-	env := em.env()
+func pipelineEnv(em *cloudtest.Emulators, cv *cvatfake.Server, dataDir string) map[string]string {
+	env := em.Env()
 	for k, v := range map[string]string{
 		"CVAT_SYNC_WEBHOOK_SECRET":     pipeSecret,
 		"CVAT_SYNC_CVAT_URL":           cv.URL(),
@@ -103,9 +106,9 @@ func allStored(codes []int) bool {
 }
 
 // notices returns the outbox notices about task id.
-func notices(em *emulators, taskID int64) []*pstest.Message {
+func notices(em *cloudtest.Emulators, taskID int64) []*pstest.Message {
 	var out []*pstest.Message
-	for _, m := range em.messages(outboxTopic) {
+	for _, m := range em.Messages(outboxTopic) {
 		if m.Attributes["task_id"] == strconv.FormatInt(taskID, 10) {
 			out = append(out, m)
 		}
@@ -115,9 +118,9 @@ func notices(em *emulators, taskID int64) []*pstest.Message {
 
 // archives returns the names of the archive objects of task id (not the
 // publish markers).
-func archives(em *emulators, taskID int64) []string {
+func archives(em *cloudtest.Emulators, taskID int64) []string {
 	var out []string
-	for _, o := range em.objects(bucket) {
+	for _, o := range em.Objects(bucket, "") {
 		if strings.Contains(o.Name, "tasks/"+strconv.FormatInt(taskID, 10)+"/") && !strings.Contains(o.Name, "_published/") {
 			out = append(out, o.Name)
 		}
@@ -130,9 +133,9 @@ func archives(em *emulators, taskID int64) []string {
 // updated_date is the task's.
 func (s *stack) exportedOnce(t *testing.T, taskID int64, within time.Duration) {
 	t.Helper()
-	eventually(t, within, fmt.Sprintf("an outbox notice for task %d", taskID), func() bool { return len(notices(s.em, taskID)) > 0 })
+	eventually.Within(t, within, fmt.Sprintf("an outbox notice for task %d", taskID), func() bool { return len(notices(s.em, taskID)) > 0 })
 	// Wait for the worker to settle: nothing pending.
-	eventually(t, within, "no pending task", func() bool { return s.r.metric(t, "cvat_sync_pending_tasks") == 0 })
+	eventually.Within(t, within, "no pending task", func() bool { return s.r.metric(t, "cvat_sync_pending_tasks") == 0 })
 	ns, objs := notices(s.em, taskID), archives(s.em, taskID)
 	if len(ns) != 1 || len(objs) != 1 {
 		t.Errorf("task %d: %d notices and %d archives %v, want one of each", taskID, len(ns), len(objs), objs)
@@ -161,7 +164,7 @@ func TestFaultMatrix(t *testing.T) {
 	gcsUploads := func(code int, times int64) func(*stack, int64) {
 		return func(s *stack, _ int64) {
 			var n atomic.Int64
-			s.em.setGCSFault(func(r *http.Request) int {
+			s.em.SetGCSFault(func(r *http.Request) int {
 				if strings.HasPrefix(r.URL.Path, "/upload/") && n.Add(1) <= times {
 					return code
 				}
@@ -208,7 +211,7 @@ func TestFaultMatrix(t *testing.T) {
 			if got := s.r.metric(t, rw.metric[0], rw.metric[1:]...) - before; got < 1 {
 				t.Errorf("%v moved by %v, want at least 1", rw.metric, got)
 			}
-			if strings.HasPrefix(rw.name, "GCS") && s.em.gcsFaults.Load() == 0 {
+			if strings.HasPrefix(rw.name, "GCS") && s.em.GCSFaults() == 0 {
 				t.Errorf("the GCS fault was never hit")
 			}
 		})
@@ -219,15 +222,19 @@ func TestFaultMatrix(t *testing.T) {
 		s := newStack(t)
 		tk, job := s.task()
 		before := s.r.metric(t, "cvat_sync_webhook_deliveries_total", `outcome="unavailable"`)
-		code := codes.Unavailable
-		s.em.psFail.Store(&code)
+		s.em.SetPubSubFault(func(method string, _ any) error {
+			if method == "Publish" {
+				return status.Error(codes.Unavailable, "injected by the test")
+			}
+			return nil
+		})
 		evs := s.save(t, job.ID)
 		got := deliver(t, s.cv, s.r.webhookURL(), evs[:1])
-		s.em.psFail.Store(nil)
+		s.em.SetPubSubFault(nil)
 		if got[0] != http.StatusServiceUnavailable {
 			t.Errorf("delivery while Pub/Sub is down: %v, want 503", got)
 		}
-		if n := len(s.em.messages(inboxTopic)); n != 0 {
+		if n := len(s.em.Messages(inboxTopic)); n != 0 {
 			t.Errorf("the inbox holds %d messages after a 503: something was claimed stored", n)
 		}
 		if d := s.r.metric(t, "cvat_sync_webhook_deliveries_total", `outcome="unavailable"`) - before; d != 1 {
@@ -251,19 +258,17 @@ func TestFaultMatrix(t *testing.T) {
 	t.Run("Pub/Sub unavailable at publish", func(t *testing.T) {
 		t.Parallel()
 		s := newStack(t)
-		topic, code := outboxTopic, codes.Unavailable
-		s.em.psTopic.Store(&topic)
 		tk, job := s.task()
 		before := s.r.metric(t, "cvat_sync_outbox_publishes_total", `outcome="error"`)
-		s.em.psFail.Store(&code)
+		s.em.SetPubSubFault(cloudtest.FailPublish(outboxTopic, status.Error(codes.Unavailable, "injected by the test")))
 		if codes := deliver(t, s.cv, s.r.webhookURL(), s.save(t, job.ID)); !allStored(codes) {
 			t.Fatalf("deliveries answered %v", codes)
 		}
-		eventually(t, 60*time.Second, "a failed outbox publish", func() bool { return s.em.psFails.Load() > 0 })
-		eventually(t, 60*time.Second, "the publish error counted", func() bool {
+		eventually.Within(t, 60*time.Second, "a failed outbox publish", func() bool { return s.em.PubSubFaults() > 0 })
+		eventually.Within(t, 60*time.Second, "the publish error counted", func() bool {
 			return s.r.metric(t, "cvat_sync_outbox_publishes_total", `outcome="error"`) > before
 		})
-		s.em.psFail.Store(nil)
+		s.em.SetPubSubFault(nil)
 		s.exportedOnce(t, tk.ID, 90*time.Second)
 	})
 }

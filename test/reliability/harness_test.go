@@ -7,33 +7,25 @@
 package reliability
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"log"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
-	"cloud.google.com/go/pubsub/v2/pstest"
-	"github.com/fsouza/fake-gcs-server/fakestorage"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+	"github.com/cvat-sync/cvat-sync/internal/cloud"
+	"github.com/cvat-sync/cvat-sync/internal/cloud/cloudtest"
+	"github.com/cvat-sync/cvat-sync/internal/eventually"
+	"github.com/cvat-sync/cvat-sync/internal/logbuf"
 )
 
 // receiverBin is the real binary, built by TestMain.
@@ -44,7 +36,7 @@ var receiverBin string
 // TestMain checks them after all tests ran.
 var logs struct {
 	mu        sync.Mutex
-	bufs      []*syncBuffer
+	bufs      []*logbuf.Buffer
 	forbidden map[string]bool
 }
 
@@ -112,29 +104,11 @@ func checkLogs() int {
 
 func longTests() bool { return os.Getenv("CVAT_SYNC_LONG_TESTS") == "1" }
 
-// syncBuffer is an io.Writer safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // receiver is one running receiver process.
 type receiver struct {
 	t    testing.TB
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *logbuf.Buffer
 	addr string
 	done chan struct{}
 	err  error
@@ -158,7 +132,7 @@ func startReceiver(t testing.TB, env map[string]string) *receiver {
 	for _, s := range strings.Split(full["CVAT_SYNC_WEBHOOK_SECRET"], ",") {
 		forbid(s)
 	}
-	r := &receiver{t: t, out: &syncBuffer{}, done: make(chan struct{})}
+	r := &receiver{t: t, out: logbuf.New(), done: make(chan struct{})}
 	logs.mu.Lock()
 	logs.bufs = append(logs.bufs, r.out)
 	logs.mu.Unlock()
@@ -172,25 +146,15 @@ func startReceiver(t testing.TB, env map[string]string) *receiver {
 	}
 	go func() { r.err = r.cmd.Wait(); close(r.done) }()
 	t.Cleanup(r.kill)
-	deadline := time.Now().Add(60 * time.Second)
-	for r.addr == "" {
-		for _, l := range r.lines() {
-			if l["message"] == "listening" {
-				r.addr, _ = l["addr"].(string)
-			}
-		}
-		if r.addr != "" {
-			break
-		}
-		select {
-		case <-r.done:
-			t.Fatalf("receiver exited before listening: %v\n%s", r.err, r.out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("receiver did not log \"listening\" within 60s:\n%s", r.out.String())
-		}
-		time.Sleep(20 * time.Millisecond) // polling the log with a deadline
+	if !eventually.Poll(60*time.Second, func() bool {
+		r.addr = r.listeningAddr()
+		return r.addr != "" || !r.alive()
+	}) {
+		t.Fatalf("receiver did not log \"listening\" within 60s:\n%s", r.out)
+	}
+	if r.addr == "" {
+		<-r.done
+		t.Fatalf("receiver exited before listening: %v\n%s", r.err, r.out)
 	}
 	return r
 }
@@ -201,18 +165,16 @@ func (r *receiver) url() string { return "http://" + r.addr }
 // webhookURL is where CVAT delivers.
 func (r *receiver) webhookURL() string { return r.url() + "/webhooks/cvat" }
 
-// lines returns the JSON log lines so far.
-func (r *receiver) lines() []map[string]any {
-	var out []map[string]any
-	sc := bufio.NewScanner(strings.NewReader(r.out.String()))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var m map[string]any
-		if json.Unmarshal(sc.Bytes(), &m) == nil {
-			out = append(out, m)
+// listeningAddr is the address of the receiver's "listening" log line,
+// which is how an operator learns it; "" before that line.
+func (r *receiver) listeningAddr() string {
+	for _, l := range r.out.Records() {
+		if l["message"] == "listening" {
+			addr, _ := l["addr"].(string)
+			return addr
 		}
 	}
-	return out
+	return ""
 }
 
 // kill sends SIGKILL and waits.
@@ -273,126 +235,12 @@ func sumMetric(text, name string, labels ...string) float64 {
 	return sum
 }
 
-// eventually polls cond every 20 ms until it holds or d passes.
-func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
+// newEmulators starts an external Pub/Sub and GCS in this process, with
+// hooks that inject faults (SetPubSubFault, SetGCSFault), on the project the
+// receiver defaults to on emulators.
+func newEmulators(t testing.TB) *cloudtest.Emulators {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond) // polling with a deadline
-	}
-}
-
-// emulators are an external Pub/Sub (pstest) and GCS (fake-gcs-server
-// behind a reverse proxy that can inject faults) in this process.
-type emulators struct {
-	ps        *pstest.Server
-	gcs       *fakestorage.Server
-	proxy     *httptest.Server
-	psFail    atomic.Pointer[codes.Code] // Publish fails with this code while set
-	psTopic   atomic.Pointer[string]     // ... only to this topic (short name), when set
-	gcsFaults atomic.Int64               // answers the GCS proxy replaced
-	psFails   atomic.Int64               // publishes failed so far
-	gcsFault  atomic.Pointer[func(*http.Request) int]
-}
-
-// publishReactor fails Publish while emulators.psFail is set (to the topic
-// psTopic, when that is set).
-type publishReactor struct{ e *emulators }
-
-func (p publishReactor) React(req any) (bool, any, error) {
-	c := p.e.psFail.Load()
-	if c == nil {
-		return false, nil, nil
-	}
-	if topic := p.e.psTopic.Load(); topic != nil {
-		if pr, ok := req.(*pubsubpb.PublishRequest); !ok || !strings.HasSuffix(pr.GetTopic(), "/topics/"+*topic) {
-			return false, nil, nil
-		}
-	}
-	p.e.psFails.Add(1)
-	return true, &pubsubpb.PublishResponse{}, status.Error(*c, "injected by the test")
-}
-
-func newEmulators(t testing.TB) *emulators {
-	t.Helper()
-	e := &emulators{}
-	e.ps = pstest.NewServerWithAddress("127.0.0.1:0", pstest.ServerReactorOption{FuncName: "Publish", Reactor: publishReactor{e}})
-	t.Cleanup(func() { e.ps.Close() })
-
-	var handler http.Handler
-	e.proxy = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { handler.ServeHTTP(w, r) }))
-	gcs, err := fakestorage.NewServerWithOptions(fakestorage.Options{
-		Scheme: "http", Host: "127.0.0.1", Port: 0, Writer: io.Discard,
-		StorageRoot: filepath.Join(t.TempDir(), "gcs"),
-	})
-	if err != nil {
-		t.Fatalf("fake-gcs-server: %v", err)
-	}
-	e.gcs = gcs
-	t.Cleanup(gcs.Stop)
-	target, _ := url.Parse(gcs.URL())
-	rp := httputil.NewSingleHostReverseProxy(target)
-	// Resumable uploads continue at the Location of their first answer:
-	// keep them on the proxy too.
-	rp.ModifyResponse = func(resp *http.Response) error {
-		if loc := resp.Header.Get("Location"); loc != "" {
-			resp.Header.Set("Location", strings.Replace(loc, gcs.URL(), e.proxy.URL, 1))
-		}
-		return nil
-	}
-	rp.ErrorLog = log.New(io.Discard, "", 0) // clients that hang up are part of the tests
-	handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if f := e.gcsFault.Load(); f != nil {
-			if code := (*f)(r); code != 0 {
-				e.gcsFaults.Add(1)
-				w.Header().Set("Content-Type", "application/json")
-				w.WriteHeader(code)
-				fmt.Fprintf(w, `{"error":{"code":%d,"message":"injected by the test"}}`, code)
-				return
-			}
-		}
-		rp.ServeHTTP(w, r)
-	})
-	e.proxy.Start() // only now: the handler is in place
-	t.Cleanup(e.proxy.Close)
-	return e
-}
-
-// env is what points the receiver at these emulators.
-func (e *emulators) env() map[string]string {
-	return map[string]string{"PUBSUB_EMULATOR_HOST": e.ps.Addr, "STORAGE_EMULATOR_HOST": e.proxy.URL}
-}
-
-// setGCSFault makes the GCS proxy answer f's status (0: pass through).
-func (e *emulators) setGCSFault(f func(*http.Request) int) {
-	if f == nil {
-		e.gcsFault.Store(nil)
-		return
-	}
-	e.gcsFault.Store(&f)
-}
-
-// messages returns the messages published to topic id (short name).
-func (e *emulators) messages(topic string) []*pstest.Message {
-	var out []*pstest.Message
-	for _, m := range e.ps.Messages() {
-		if strings.HasSuffix(m.Topic, "/topics/"+topic) {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-// objects lists the objects in bucket (none when it does not exist yet).
-func (e *emulators) objects(bucket string) []fakestorage.ObjectAttrs {
-	resp, err := e.gcs.ListObjectsWithOptionsPaginated(bucket, fakestorage.ListOptions{})
-	if err != nil {
-		return nil
-	}
-	return resp.Objects
+	return cloudtest.Start(t, cloudtest.Options{Project: cloud.LocalProject})
 }
 
 // post sends body to url with the given headers and returns the status and

@@ -9,13 +9,14 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cvat-sync/cvat-sync/internal/cloud/cloudtest"
 	"github.com/cvat-sync/cvat-sync/internal/cvatfake"
+	"github.com/cvat-sync/cvat-sync/internal/payloads"
 	"github.com/cvat-sync/cvat-sync/internal/signature"
 )
 
@@ -25,15 +26,6 @@ const (
 	maxBody       = 1 << 20 // the default CVAT_SYNC_MAX_BODY_BYTES
 	inboxTopic    = "cvat-sync-inbox"
 )
-
-func payload(t testing.TB, name string) []byte {
-	t.Helper()
-	b, err := os.ReadFile("../../testdata/payloads/" + name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bytes.TrimSpace(b)
-}
 
 // padded returns body (a JSON object) grown to exactly n bytes with
 // whitespace before its closing brace.
@@ -54,11 +46,11 @@ func signed(secret string, body []byte) http.Header {
 
 // hostileEnv starts a receiver on emulators with a CVAT fake whose token is
 // known, so that the log check covers both secrets.
-func hostileEnv(t *testing.T) (*receiver, *emulators) {
+func hostileEnv(t *testing.T) (*receiver, *cloudtest.Emulators) {
 	t.Helper()
 	em := newEmulators(t)
 	cv := cvatfake.New(t, cvatfake.Options{Token: hostileToken})
-	env := em.env()
+	env := em.Env()
 	env["CVAT_SYNC_WEBHOOK_SECRET"] = "old-secret-not-used-7d2e," + hostileSecret
 	env["CVAT_SYNC_CVAT_URL"] = cv.URL()
 	env["CVAT_SYNC_CVAT_TOKEN"] = hostileToken
@@ -86,14 +78,14 @@ func TestHostileInput(t *testing.T) {
 		if code == http.StatusAccepted {
 			stored++
 		}
-		if got := len(em.messages(inboxTopic)); got != stored {
+		if got := len(em.Messages(inboxTopic)); got != stored {
 			t.Errorf("inbox holds %d messages after %d stored answers", got, stored)
 		}
 		if !r.alive() {
 			t.Fatalf("receiver died:\n%s", r.out.String())
 		}
 	}
-	job := payload(t, "update_job.json")
+	job := bytes.TrimSpace(payloads.Read(t, "update_job.json"))
 
 	t.Run("body sizes", func(t *testing.T) {
 		tooLarge := r.metric(t, "cvat_sync_webhook_deliveries_total", `outcome="too_large"`)

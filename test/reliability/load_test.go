@@ -15,6 +15,7 @@ import (
 
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 
+	"github.com/cvat-sync/cvat-sync/internal/cloud/cloudtest"
 	"github.com/cvat-sync/cvat-sync/internal/cvatfake"
 )
 
@@ -108,7 +109,7 @@ type noticeData struct {
 // archive. After a crash (crashed), a state may be announced again, but
 // only as the same export (one export_id): a kill between the publish and
 // the published marker re-announces it, which consumers de-duplicate.
-func checkEveryTaskOnce(t *testing.T, em *emulators, cv *cvatfake.Server, r *receiver, f fleet, within time.Duration, crashed bool) {
+func checkEveryTaskOnce(t *testing.T, em *cloudtest.Emulators, cv *cvatfake.Server, r *receiver, f fleet, within time.Duration, crashed bool) {
 	t.Helper()
 	current := func() map[int64]string {
 		m := map[int64]string{}
@@ -121,7 +122,7 @@ func checkEveryTaskOnce(t *testing.T, em *emulators, cv *cvatfake.Server, r *rec
 	exportIDs := map[string]map[string]bool{}
 	announced := func() map[string]int {
 		m := map[string]int{}
-		for _, msg := range em.messages(outboxTopic) {
+		for _, msg := range em.Messages(outboxTopic) {
 			var d noticeData
 			if err := json.Unmarshal(msg.Data, &d); err != nil {
 				t.Fatalf("notice %s: %v", msg.ID, err)
@@ -159,7 +160,7 @@ func checkEveryTaskOnce(t *testing.T, em *emulators, cv *cvatfake.Server, r *rec
 		if time.Now().After(deadline) {
 			for _, k := range m[:min(len(m), 2)] {
 				id, _, _ := strings.Cut(k, "@")
-				for _, msg := range em.messages(inboxTopic) {
+				for _, msg := range em.Messages(inboxTopic) {
 					if msg.Attributes["task_id"] == id {
 						t.Logf("task %s inbox message %s: %s deliveries=%d acks=%d", id, msg.ID, msg.Attributes["event"], msg.Deliveries, msg.Acks)
 					}
@@ -170,7 +171,7 @@ func checkEveryTaskOnce(t *testing.T, em *emulators, cv *cvatfake.Server, r *rec
 						t.Logf("task %s: announced state %s (%d notices)", id, key, n)
 					}
 				}
-				for _, l := range r.lines() {
+				for _, l := range r.out.Records() {
 					if v, ok := l["task_id"].(float64); ok && strconv.FormatFloat(v, 'f', -1, 64) == id && l["message"] != "webhook stored" {
 						t.Logf("task %s log: %v", id, l)
 					}
@@ -223,7 +224,7 @@ func TestLoadLosesNothing(t *testing.T) {
 	// Webhook items only: the worker also enqueues the tasks a project scan
 	// finds (event "project").
 	n := 0
-	for _, m := range s.em.messages(inboxTopic) {
+	for _, m := range s.em.Messages(inboxTopic) {
 		if strings.Contains(m.Attributes["event"], ":") {
 			n++
 		}
@@ -247,10 +248,10 @@ func TestCrashLosesNothing(t *testing.T) {
 	e := newEmulators(t)
 	// A short ack deadline, so the killed process's leases run out soon.
 	ctx := context.Background()
-	if _, err := e.ps.GServer.CreateTopic(ctx, &pubsubpb.Topic{Name: "projects/cvat-sync-local/topics/" + inboxTopic}); err != nil {
+	if _, err := e.PubSub().GServer.CreateTopic(ctx, &pubsubpb.Topic{Name: "projects/cvat-sync-local/topics/" + inboxTopic}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.ps.GServer.CreateSubscription(ctx, &pubsubpb.Subscription{
+	if _, err := e.PubSub().GServer.CreateSubscription(ctx, &pubsubpb.Subscription{
 		Name: "projects/cvat-sync-local/subscriptions/" + inboxTopic, Topic: "projects/cvat-sync-local/topics/" + inboxTopic,
 		AckDeadlineSeconds: 10, EnableMessageOrdering: true,
 	}); err != nil {
