@@ -17,6 +17,7 @@ import (
 	"github.com/cvat-sync/cvat-sync/internal/cloud/cloudtest"
 	"github.com/cvat-sync/cvat-sync/internal/cvatfake"
 	"github.com/cvat-sync/cvat-sync/internal/eventually"
+	"github.com/cvat-sync/cvat-sync/internal/scrape"
 )
 
 const (
@@ -94,29 +95,7 @@ func (e *emulators) notices(t *testing.T) []notice {
 // labels, from the service's /metrics.
 func (s *service) metric(t *testing.T, name string, labels ...string) float64 {
 	t.Helper()
-	res, err := http.Get("http://" + s.addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	raw, _ := io.ReadAll(res.Body)
-	var sum float64
-	for _, line := range strings.Split(string(raw), "\n") {
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		ok := true
-		for _, l := range labels {
-			ok = ok && strings.Contains(line, l)
-		}
-		if !ok {
-			continue
-		}
-		f := strings.Fields(line)
-		v, _ := strconv.ParseFloat(f[len(f)-1], 64)
-		sum += v
-	}
-	return sum
+	return scrape.Sum(t, "http://"+s.addr+"/metrics", name, labels...)
 }
 
 // deliver posts CVAT's events to the service, signed as CVAT signs them.

@@ -56,11 +56,12 @@ func (b *Buffer) Records() []map[string]any {
 	return out
 }
 
-// Find returns the JSON lines whose "msg" is msg.
+// Find returns the JSON lines whose message is msg: slog's "msg" key, or
+// "message", the key of the service's own logs (Cloud Logging's shape).
 func (b *Buffer) Find(msg string) []map[string]any {
 	var out []map[string]any
 	for _, r := range b.Records() {
-		if r["msg"] == msg {
+		if r["msg"] == msg || r["message"] == msg {
 			out = append(out, r)
 		}
 	}

@@ -19,11 +19,12 @@ func TestConcurrentWritersAndRecords(t *testing.T) {
 	}
 	wg.Wait()
 	fmt.Fprintln(b, "not json")
-	if got := len(b.Find("hello")); got != 8 {
-		t.Fatalf("Find(hello) = %d lines, want 8:\n%s", got, b)
+	fmt.Fprintln(b, `{"severity":"INFO","message":"hello"}`) // the service's own shape
+	if got := len(b.Find("hello")); got != 9 {
+		t.Fatalf("Find(hello) = %d lines, want 9:\n%s", got, b)
 	}
-	if got := len(b.Records()); got != 8 {
-		t.Errorf("Records = %d, want 8 (the plain line is skipped)", got)
+	if got := len(b.Records()); got != 9 {
+		t.Errorf("Records = %d, want 9 (the plain line is skipped)", got)
 	}
 	if !b.Contains("not json") || b.Contains("absent") {
 		t.Error("Contains does not report what was written")

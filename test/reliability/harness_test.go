@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -26,6 +25,7 @@ import (
 	"github.com/cvat-sync/cvat-sync/internal/cloud/cloudtest"
 	"github.com/cvat-sync/cvat-sync/internal/eventually"
 	"github.com/cvat-sync/cvat-sync/internal/logbuf"
+	"github.com/cvat-sync/cvat-sync/internal/scrape"
 )
 
 // receiverBin is the real binary, built by TestMain.
@@ -202,37 +202,7 @@ func (r *receiver) alive() bool {
 // every given label (name="value" pairs), from /metrics.
 func (r *receiver) metric(t testing.TB, name string, labels ...string) float64 {
 	t.Helper()
-	resp, err := http.Get(r.url() + "/metrics")
-	if err != nil {
-		t.Fatalf("scrape: %v", err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return sumMetric(string(b), name, labels...)
-}
-
-func sumMetric(text, name string, labels ...string) float64 {
-	var sum float64
-	for _, line := range strings.Split(text, "\n") {
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		ok := true
-		for _, l := range labels {
-			if !strings.Contains(line, l) {
-				ok = false
-			}
-		}
-		if !ok {
-			continue
-		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err == nil {
-			sum += v
-		}
-	}
-	return sum
+	return scrape.Sum(t, r.url()+"/metrics", name, labels...)
 }
 
 // newEmulators starts an external Pub/Sub and GCS in this process, with
