@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/cvat-sync/cvat-sync/internal/cloud/cloudtest"
+	"github.com/cvat-sync/cvat-sync/internal/eventually"
 	"github.com/cvat-sync/cvat-sync/internal/logbuf"
 	"github.com/cvat-sync/cvat-sync/internal/payloads"
 	"github.com/cvat-sync/cvat-sync/internal/signature"
@@ -216,4 +218,43 @@ func TestSignAndVersion(t *testing.T) {
 	if !errors.As(err, &ee) || ee.code != 2 {
 		t.Errorf("unknown command: %v", err)
 	}
+}
+
+// TestReadyWithoutCVATCredentials: the Secret contract lets the receiver
+// start without a CVAT token; /readyz says so from its first answer, not
+// "not checked yet" while a probe of a slow CVAT is still running, and the
+// service stays ready (it stores webhooks without CVAT).
+func TestReadyWithoutCVATCredentials(t *testing.T) {
+	release := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select { // a CVAT that does not answer while the test runs
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(slow.Close)
+	t.Cleanup(func() { close(release) })
+	s := startService(t, map[string]string{"CVAT_SYNC_WEBHOOK_SECRET": "no-token-test-secret", "CVAT_SYNC_CVAT_URL": slow.URL})
+	var code int
+	var body []byte
+	readyz := func() bool {
+		res, err := http.Get("http://" + s.addr + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		code = res.StatusCode
+		body, _ = io.ReadAll(res.Body)
+		return code == http.StatusOK
+	}
+	// Ready once Pub/Sub and GCS answered their first probes (milliseconds);
+	// the probe of the silent CVAT is still running then.
+	eventually.Within(t, 10*time.Second, "ready", readyz)
+	if !strings.Contains(string(body), "no CVAT credentials") {
+		t.Fatalf("/readyz without a CVAT token: %d %s, want it to name the missing credentials", code, body)
+	}
+	if got := s.metric(t, "cvat_sync_cvat_credentials_ok"); got != 0 {
+		t.Errorf("cvat_sync_cvat_credentials_ok = %v, want 0", got)
+	}
+	s.stop(t)
 }

@@ -100,18 +100,31 @@ func startPipeline(ctx context.Context, env *cloud.Env, cv *cvatapi.Client, queu
 func cvatProbe(cv *cvatapi.Client, cfg config.Config, verifier *signature.Verifier, log *slog.Logger) func(ctx context.Context) error {
 	return func(ctx context.Context) error {
 		if cv == nil {
-			return errors.New("CVAT_SYNC_CVAT_URL is not set: webhooks are stored, nothing is exported")
+			return cvatUnconfigured(cv, cfg)
 		}
 		if v, err := cv.Version(ctx); err == nil && v.SignsWithNewline() && !verifier.LegacyNewline() {
 			verifier.SetLegacyNewline(true)
 			log.Info("CVAT "+v.String()+" signs webhooks over the body plus a newline: those signatures are accepted from now on", "cvat_version", v.String())
 		}
-		if !cfg.HasCredentials() {
-			return errors.New("no CVAT credentials: set CVAT_SYNC_CVAT_TOKEN (or _FILE), or CVAT_SYNC_CVAT_USERNAME and CVAT_SYNC_CVAT_PASSWORD")
+		if err := cvatUnconfigured(cv, cfg); err != nil {
+			return err
 		}
 		// CheckAuth's error names the setting and the scheme CVAT refused.
 		return cv.CheckAuth(ctx)
 	}
+}
+
+// cvatUnconfigured is what the settings alone say is missing to reach CVAT
+// (no URL, no credentials), nil when nothing is: readiness reports it from
+// the first answer, without waiting for a probe.
+func cvatUnconfigured(cv *cvatapi.Client, cfg config.Config) error {
+	switch {
+	case cv == nil:
+		return errors.New("CVAT_SYNC_CVAT_URL is not set: webhooks are stored, nothing is exported")
+	case !cfg.HasCredentials():
+		return errors.New("no CVAT credentials: set CVAT_SYNC_CVAT_TOKEN (or _FILE), or CVAT_SYNC_CVAT_USERNAME and CVAT_SYNC_CVAT_PASSWORD")
+	}
+	return nil
 }
 
 // startupTimeout bounds the checks that wait for a dependency at start.

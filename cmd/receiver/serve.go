@@ -126,9 +126,16 @@ func serve(ctx context.Context, cfg config.Config, getenv func(string) string, s
 		return err
 	}
 	var checks []webhook.Check
-	for _, name := range []string{"pubsub", "gcs", "cvat"} {
-		checks = append(checks, webhook.Check{Name: name, Required: name != "cvat", Run: mon.Check(name)})
+	for _, name := range []string{"pubsub", "gcs"} {
+		checks = append(checks, webhook.Check{Name: name, Required: true, Run: mon.Check(name)})
 	}
+	probedCVAT := mon.Check("cvat")
+	checks = append(checks, webhook.Check{Name: "cvat", Run: func(ctx context.Context) error {
+		if err := cvatUnconfigured(cv, cfg); err != nil {
+			return err
+		}
+		return probedCVAT(ctx)
+	}})
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
