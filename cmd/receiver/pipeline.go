@@ -99,12 +99,11 @@ func startPipeline(ctx context.Context, env *cloud.Env, cv *cvatapi.Client, queu
 // does from the start).
 func cvatProbe(cv *cvatapi.Client, cfg config.Config, verifier *signature.Verifier, log *slog.Logger) func(ctx context.Context) error {
 	return func(ctx context.Context) error {
-		if cv == nil {
-			return cvatUnconfigured(cv, cfg)
-		}
-		if v, err := cv.Version(ctx); err == nil && v.SignsWithNewline() && !verifier.LegacyNewline() {
-			verifier.SetLegacyNewline(true)
-			log.Info("CVAT "+v.String()+" signs webhooks over the body plus a newline: those signatures are accepted from now on", "cvat_version", v.String())
+		if cv != nil {
+			if v, err := cv.Version(ctx); err == nil && v.SignsWithNewline() && !verifier.LegacyNewline() {
+				verifier.SetLegacyNewline(true)
+				log.Info("CVAT "+v.String()+" signs webhooks over the body plus a newline: those signatures are accepted from now on", "cvat_version", v.String())
+			}
 		}
 		if err := cvatUnconfigured(cv, cfg); err != nil {
 			return err

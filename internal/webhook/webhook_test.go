@@ -699,12 +699,7 @@ func TestRefusalLogs(t *testing.T) {
 	// Accepted deliveries: debug lines with the ids they have, none of 0.
 	h.post(t, "/webhooks/cvat", job, signed(job))
 	h.post(t, "/webhooks/cvat", task, signed(task))
-	var stored []map[string]any
-	for _, l := range h.logLines(t) {
-		if l["msg"] == "webhook stored" {
-			stored = append(stored, l)
-		}
-	}
+	stored := h.logs.Find("webhook stored")
 	if len(stored) != 2 {
 		t.Fatalf("stored lines %v", stored)
 	}

@@ -168,13 +168,12 @@ func (r *receiver) webhookURL() string { return r.url() + "/webhooks/cvat" }
 // listeningAddr is the address of the receiver's "listening" log line,
 // which is how an operator learns it; "" before that line.
 func (r *receiver) listeningAddr() string {
-	for _, l := range r.out.Records() {
-		if l["message"] == "listening" {
-			addr, _ := l["addr"].(string)
-			return addr
-		}
+	lines := r.out.Find("listening")
+	if len(lines) == 0 {
+		return ""
 	}
-	return ""
+	addr, _ := lines[0]["addr"].(string)
+	return addr
 }
 
 // kill sends SIGKILL and waits.
