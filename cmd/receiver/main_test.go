@@ -135,11 +135,17 @@ func get(t *testing.T, url string) int {
 func TestServeEmbedded(t *testing.T) {
 	const secret = "embedded-test-secret"
 	s := startService(t, map[string]string{"CVAT_SYNC_WEBHOOK_SECRET": secret})
-	for _, p := range []string{"/healthz", "/readyz", "/metrics"} {
+	for _, p := range []string{"/healthz", "/metrics"} {
 		if code := get(t, "http://"+s.addr+p); code != http.StatusOK {
 			t.Errorf("GET %s: %d", p, code)
 		}
 	}
+	// Readiness answers from the background probes: not ready until Pub/Sub
+	// and GCS answered their first one, a few milliseconds after the
+	// listener opened (asking at once raced them).
+	eventually.Within(t, 10*time.Second, "GET /readyz 200", func() bool {
+		return get(t, "http://"+s.addr+"/readyz") == http.StatusOK
+	})
 	body := payloads.Read(t, "update_job.json")
 	if code, m := s.post(t, body, signature.Sign(secret, body)); code != http.StatusAccepted || m["status"] != "stored" {
 		t.Errorf("signed update:job: %d %v", code, m)
